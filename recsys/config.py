@@ -1,0 +1,324 @@
+"""Typed configuration objects loaded from YAML, with ``--set key=value`` overrides.
+
+A config file may start with ``extends: default.yaml`` (a path relative to the file) to
+inherit every value from another file; only the keys it names are changed. Every
+section below maps one-to-one to a block in ``conf/default.yaml``, which documents each
+knob. Unknown keys, wrong types and values outside the allowed set raise
+:class:`~recsys.errors.ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.errors import ConfigError
+
+# ---------------------------------------------------------------------------- sections
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclass
+class PathsConfig:
+    """Where each stage reads and writes; relative paths are taken from the working dir."""
+
+    raw: str = "data/raw/ml-100k"
+    prepared: str = "data/prepared/ml-100k"
+    model: str = "runs/ml-100k/model"
+    vectors: str = "runs/ml-100k/vectors"
+    index: str = "runs/ml-100k/index"
+    report: str = "runs/ml-100k/report"
+
+
+@dataclass
+class DataConfig:
+    """What the raw data is: a dataset name (for ``recsys data fetch``) and its file format."""
+
+    dataset: str = "ml-100k"
+    format: str = field(default="auto", metadata=_choices("auto", "ml-100k", "ml-1m", "ml-latest", "recbole"))
+    # Rating scale; ratings outside [rating_min, rating_max] are quarantined.
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+
+
+@dataclass
+class SplitConfig:
+    """How ratings are split into train and test (and optional cold-start holdouts)."""
+
+    strategy: str = field(default="random", metadata=_choices("random", "user_stratified", "temporal"))
+    test_fraction: float = 0.2
+    seed: int = 42
+    # Fractions of all users / movies whose ratings are held out of training entirely.
+    cold_user_fraction: float = 0.0
+    cold_movie_fraction: float = 0.0
+
+
+@dataclass
+class FeaturesConfig:
+    """How raw attributes become model inputs; the resulting sizes go into the manifest."""
+
+    title_length: int = 12  # title tokens per movie, padded or truncated
+    title_min_count: int = 1  # words seen fewer times map to the out-of-vocabulary id
+    max_genres: int = 6  # genre ids per movie, padded
+    zip_prefix_length: int = 1  # leading characters of the zip code used as a feature
+    # Lower bounds of the age buckets (ML-1M's own buckets); raw ages are bucketed with them.
+    age_buckets: list[int] = field(default_factory=lambda: [1, 18, 25, 35, 45, 50, 56])
+    year_bucket_width: int = 5  # release years are grouped into buckets this many years wide
+
+
+@dataclass
+class ShardsConfig:
+    """TFRecord shard counts per split; training wants a multiple of the Horovod size."""
+
+    train: int = 8
+    test: int = 2
+    cold: int = 1
+
+
+@dataclass
+class PrepareConfig:
+    """The Spark prepare job."""
+
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 8
+    min_ratings_per_movie: int = 0
+    min_ratings_per_user: int = 0
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic MovieLens generator (``recsys data synth``)."""
+
+    ratings: int = 100_000
+    users: int = 1_000
+    movies: int = 2_000
+    format: str = field(default="ml-1m", metadata=_choices("ml-1m", "ml-latest"))
+    seed: int = 0
+    factors: int = 16  # latent dimensions of the hidden taste model
+    noise: float = 0.6  # std-dev of the rating noise, in stars
+    chunk_ratings: int = 1_000_000  # ratings generated per chunk (bounds memory)
+
+
+@dataclass
+class Config:
+    """The whole configuration of one pipeline run."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    # Where this config came from (not a YAML key).
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (YAML/JSON-safe), without internal fields."""
+        return _to_dict(self)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: _to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.metadata.get("internal")
+        }
+    if isinstance(obj, list):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read one YAML file, following ``extends:`` (cycles are an error)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'extends' makes a cycle: {' -> '.join(map(str, chain))}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a file name, got {parent!r}")
+    base = _read_yaml(path.parent / parent, chain + (path.resolve(),))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (``["a", "b", "c"]``, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set prepare.shards.train=4")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: key '{key}' must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: key '{key}' must be a section (mapping), got {value!r}")
+        return _build(tp, value, key, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: key '{key}' has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in known:
+            full = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(
+                f"{where}: unknown key '{full}'; allowed here: {', '.join(sorted(known))}"
+            )
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], full, where)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{where}: key '{full}' must be one of {', '.join(choices)}; got {value!r}"
+            )
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, where: str) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    checks = [
+        (0.0 < cfg.prepare.split.test_fraction < 1.0, "prepare.split.test_fraction", "must be between 0 and 1 (exclusive)"),
+        (0.0 <= cfg.prepare.split.cold_user_fraction < 1.0, "prepare.split.cold_user_fraction", "must be in [0, 1)"),
+        (0.0 <= cfg.prepare.split.cold_movie_fraction < 1.0, "prepare.split.cold_movie_fraction", "must be in [0, 1)"),
+        (cfg.data.rating_min < cfg.data.rating_max, "data.rating_min", "must be below data.rating_max"),
+        (cfg.prepare.features.title_length >= 1, "prepare.features.title_length", "must be at least 1"),
+        (cfg.prepare.features.max_genres >= 1, "prepare.features.max_genres", "must be at least 1"),
+        (cfg.prepare.features.title_min_count >= 1, "prepare.features.title_min_count", "must be at least 1"),
+        (cfg.prepare.features.year_bucket_width >= 1, "prepare.features.year_bucket_width", "must be at least 1"),
+        (cfg.prepare.features.zip_prefix_length >= 0, "prepare.features.zip_prefix_length", "must be 0 or more"),
+        (cfg.prepare.features.age_buckets == sorted(set(cfg.prepare.features.age_buckets)) and len(cfg.prepare.features.age_buckets) > 0,
+         "prepare.features.age_buckets", "must be a non-empty, strictly increasing list"),
+        (min(cfg.prepare.shards.train, cfg.prepare.shards.test, cfg.prepare.shards.cold) >= 1, "prepare.shards", "every shard count must be at least 1"),
+        (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
+        (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
+        (cfg.synth.chunk_ratings >= 1000, "synth.chunk_ratings", "must be at least 1000"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"{where}: key '{key}' {msg}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (following ``extends:``), apply ``--set`` overrides, validate, and type.
+
+    Raises:
+        ConfigError: naming the file and key for every kind of mistake.
+    """
+    if path is None:
+        data: dict = {}
+        where = "<defaults>"
+    else:
+        data = _read_yaml(Path(path))
+        where = str(path)
+    if overrides:
+        where = f"{where} (with --set {' '.join(overrides)})"
+        for text in overrides:
+            parts, value = parse_override(text)
+            _apply_override(data, parts, value, text)
+    cfg = _build(Config, data, "", where)
+    cfg.source = where
+    _validate(cfg, where)
+    return cfg

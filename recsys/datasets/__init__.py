@@ -1,0 +1,1 @@
+"""MovieLens data: format parsers, pandas readers, fetching and the synthetic generator."""

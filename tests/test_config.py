@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.config import Config, load_config
+from recsys.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_load_and_differ_only_where_they_say():
+    base = load_config(ROOT / "conf/default.yaml")
+    ml = load_config(ROOT / "conf/ml-100k.yaml")
+    big = load_config(ROOT / "conf/synth-25m.yaml")
+    assert isinstance(ml, Config)
+    assert ml.prepare.split.test_fraction == 0.2 and ml.prepare.split.strategy == "random"
+    assert big.synth.ratings == 25_000_000 and big.data.format == "ml-1m"
+    assert big.prepare.shards.train == 32 and base.prepare.shards.train == 8
+    # inherited untouched
+    assert big.prepare.features.age_buckets == [1, 18, 25, 35, 45, 50, 56]
+
+
+def test_defaults_in_yaml_equal_defaults_in_code():
+    # conf/default.yaml documents every knob; it must not drift from the dataclass defaults
+    assert load_config(ROOT / "conf/default.yaml").to_dict() == Config().to_dict()
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(ROOT / "conf/ml-100k.yaml", ["prepare.shards.train=4", "prepare.split.strategy=temporal",
+                                                   "data.rating_max=10"])
+    assert cfg.prepare.shards.train == 4
+    assert cfg.prepare.split.strategy == "temporal"
+    assert cfg.data.rating_max == 10.0 and isinstance(cfg.data.rating_max, float)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("prepare.shardz.train=4", "unknown key 'prepare.shardz'"),
+    ("prepare.shards.train=four", "key 'prepare.shards.train' must be an integer"),
+    ("prepare.split.strategy=magic", "key 'prepare.split.strategy' must be one of random, user_stratified, temporal"),
+    ("prepare.split.test_fraction=1.5", "prepare.split.test_fraction"),
+    ("prepare.features.age_buckets=[5, 1]", "strictly increasing"),
+    ("noequals", "expected KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "conf/ml-100k.yaml", [override])
+    assert fragment in str(err.value)
+    if "=" in override:
+        assert "conf/ml-100k.yaml" in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: %s\nprepare:\n  split:\n    test_fractoin: 0.1\n" % (ROOT / "conf/default.yaml"))
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "prepare.split.test_fractoin" in msg and "test_fraction" in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("paths: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    cyc = tmp_path / "cyc.yaml"
+    cyc.write_text("extends: cyc.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(cyc)
+
+
+def test_cli_config_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "config", "--config", "conf/ml-100k.yaml",
+                           "--set", "prepare.shards.train=x"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: conf/ml-100k.yaml")
+    assert "Traceback" not in proc.stderr
+    ok = subprocess.run([sys.executable, "-m", "recsys.cli", "config", "--set", "prepare.shards.train=3"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "train: 3" in ok.stdout
