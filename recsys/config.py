@@ -92,6 +92,7 @@ class PrepareConfig:
     master: str = "local[2]"
     driver_memory: str = "2g"
     shuffle_partitions: int = 8
+    examples_per_record: int = 256  # examples per TFRecord record (block encoding, see docs)
     min_ratings_per_movie: int = 0
     min_ratings_per_user: int = 0
     shards: ShardsConfig = field(default_factory=ShardsConfig)
@@ -292,6 +293,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.prepare.features.age_buckets == sorted(set(cfg.prepare.features.age_buckets)) and len(cfg.prepare.features.age_buckets) > 0,
          "prepare.features.age_buckets", "must be a non-empty, strictly increasing list"),
         (min(cfg.prepare.shards.train, cfg.prepare.shards.test, cfg.prepare.shards.cold) >= 1, "prepare.shards", "every shard count must be at least 1"),
+        (cfg.prepare.examples_per_record >= 1, "prepare.examples_per_record", "must be at least 1"),
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
         (cfg.synth.chunk_ratings >= 1000, "synth.chunk_ratings", "must be at least 1000"),

@@ -36,13 +36,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip wheel "setuptools<76"
+# pip on some machines warns about configured index folders that do not exist: keep the log readable
+quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' >&2); }
+quiet_pip install -q --upgrade pip wheel "setuptools<76"
 PLAIN=$(mktemp); trap 'rm -f "$PLAIN"' EXIT
 grep -Ev '^\s*(#|$)' requirements.txt > "$PLAIN"
 say "installing the pinned stack from requirements.txt (first run downloads about 1 GB)"
-"${PIP[@]}" install -q -r "$PLAIN"
+quiet_pip install -q -r "$PLAIN"
 NODEPS=$(sed -n 's/^#nodeps //p' requirements.txt)
-[ -z "$NODEPS" ] || "${PIP[@]}" install -q --no-deps $NODEPS
+[ -z "$NODEPS" ] || quiet_pip install -q --no-deps $NODEPS
 
 # ---- Horovod, built once against the installed TensorFlow and cached
 HVD_PIN=$(sed -n 's/^#build \(horovod==.*\)$/\1/p' requirements.txt)
@@ -75,11 +77,11 @@ if ! have_hvd; then
   else
     say "installing cached Horovod wheel $WHEEL"
   fi
-  "${PIP[@]}" install -q --no-deps "$WHEEL"
+  quiet_pip install -q --no-deps "$WHEEL"
 fi
 
 # ---- the project itself
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+quiet_pip install -q --no-deps --no-build-isolation -e .
 
 # ---- checks
 CHECK=$("$VENV/bin/horovodrun" --check-build 2>&1)

@@ -117,13 +117,16 @@ def _timestamp(value: str) -> int:
 
 
 def _opt_int(value: str, name: str) -> int | None:
+    """An optional attribute (age, release year): unreadable means unknown, not a bad row.
+
+    Real files have such values (ML-100K in RecBole form has release_year 'unkonwn' and
+    'V'); rejecting the row would quarantine every rating of that movie or user.
+    """
     value = value.strip()
-    if not value:
-        return None
     try:
-        return int(float(value))
-    except ValueError:
-        raise RowError("bad_field", f"{name}={value!r}") from None
+        return int(float(value)) if value else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _opt_str(value: str) -> str | None:
@@ -196,7 +199,10 @@ def _ml1m_rating(line: str):
 
 def _ml1m_user(line: str):
     u, gender, age, occ, zipc = _fields(line, "::", 5, "users")
-    code = _opt_int(occ, "occupation")
+    try:
+        code = int(occ) if occ.strip() else None
+    except ValueError:
+        raise RowError("bad_field", f"occupation={occ!r} (codes 0-20)") from None
     if code is not None and code not in ML1M_OCCUPATIONS:
         raise RowError("bad_field", f"occupation={occ!r} (codes 0-20)")
     return (_id(u, "user_id"), _gender(gender), _opt_int(age, "age"),

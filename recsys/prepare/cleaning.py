@@ -1,0 +1,78 @@
+"""Cleaning rules: each row gets the first reason it must be quarantined, or none.
+
+Ratings are cleaned in Spark (they can be hundreds of millions of rows); the users and
+movies tables are small dimension tables and are cleaned on the driver.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# Reasons, in the order the rules apply (the manifest lists counts under these names).
+RATING_REASONS = (
+    "wrong_field_count", "unparsable", "missing_field", "bad_id", "bad_rating", "bad_timestamp",
+    "rating_out_of_scale", "unknown_user", "unknown_movie", "duplicate",
+    "movie_below_min_ratings", "user_below_min_ratings",
+)
+
+
+def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: float,
+                  min_per_movie: int, min_per_user: int):
+    """Add a ``reason`` column to parsed ratings (null: kept). Header lines are removed.
+
+    Args:
+        parsed: DataFrame from :func:`recsys.prepare.reading.read_table` (ratings).
+        user_ids: DataFrame(user_id) of valid users, or None when the format has no users file.
+        movie_ids: DataFrame(movie_id) of valid movies.
+    Duplicates of a (user, movie) pair keep the latest rating by timestamp (ties: the
+    higher rating, then the raw line text, so the choice is deterministic).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = parsed.filter(F.col("status") != "header").drop("status")
+    ok = F.col("reason").isNull()
+    df = df.withColumn("reason", F.when(ok & ((F.col("rating") < rating_min) | (F.col("rating") > rating_max)),
+                                        F.lit("rating_out_of_scale")).otherwise(F.col("reason")))
+    if user_ids is not None:
+        known = user_ids.select("user_id", F.lit(True).alias("_user_known"))
+        df = df.join(F.broadcast(known), "user_id", "left")
+        df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_user_known").isNull(),
+                                            F.lit("unknown_user")).otherwise(F.col("reason"))).drop("_user_known")
+    known_m = movie_ids.select("movie_id", F.lit(True).alias("_movie_known"))
+    df = df.join(F.broadcast(known_m), "movie_id", "left")
+    df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_movie_known").isNull(),
+                                        F.lit("unknown_movie")).otherwise(F.col("reason"))).drop("_movie_known")
+    # duplicates among rows still kept
+    alive = F.col("reason").isNull()
+    w = Window.partitionBy("user_id", "movie_id", alive.alias("_alive")).orderBy(
+        F.col("timestamp").desc(), F.col("rating").desc(), F.col("text"))
+    df = df.withColumn("_rn", F.when(alive, F.row_number().over(w)))
+    df = df.withColumn("reason", F.when(F.col("_rn") > 1, F.lit("duplicate")).otherwise(F.col("reason"))).drop("_rn")
+    if min_per_movie > 0:
+        counts = df.filter(F.col("reason").isNull()).groupBy("movie_id").agg(F.count("*").alias("_n"))
+        df = df.join(counts, "movie_id", "left").withColumn(
+            "reason", F.when(F.col("reason").isNull() & (F.col("_n") < min_per_movie),
+                             F.lit("movie_below_min_ratings")).otherwise(F.col("reason"))).drop("_n")
+    if min_per_user > 0:
+        counts = df.filter(F.col("reason").isNull()).groupBy("user_id").agg(F.count("*").alias("_n"))
+        df = df.join(counts, "user_id", "left").withColumn(
+            "reason", F.when(F.col("reason").isNull() & (F.col("_n") < min_per_user),
+                             F.lit("user_below_min_ratings")).otherwise(F.col("reason"))).drop("_n")
+    return df
+
+
+def clean_dimension(rows: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a parsed users/movies table into (kept, rejected); a repeated id keeps its first line.
+
+    ``rows`` has the parsed columns plus status/reason/detail/text/file, in file order.
+    """
+    rows = rows[rows["status"] != "header"].reset_index(drop=True)
+    rejected = rows[rows["status"] == "rejected"].copy()
+    good = rows[rows["status"] == "ok"].copy()
+    dup = good.duplicated(key, keep="first")
+    dups = good[dup].copy()
+    dups["reason"], dups["detail"] = "duplicate_id", dups[key].map(lambda v: f"{key}={v} seen before")
+    kept = good[~dup].drop(columns=["status", "reason", "detail"]).reset_index(drop=True)
+    rejected = pd.concat([rejected, dups], ignore_index=True)
+    return kept, rejected

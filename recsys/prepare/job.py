@@ -1,0 +1,306 @@
+"""One prepare run: raw MovieLens -> ``prepared/`` (TFRecords, Parquet, manifest.json).
+
+Output layout (all inside ``paths.prepared``, written to a temporary sibling directory and
+renamed into place only when complete, so a failed run leaves the previous output intact)::
+
+    manifest.json            feature spec, vocab sizes, split, row accounting, shards + sha256
+    vocabularies.json        every vocabulary's values (id = position + 2; 0 pad, 1 OOV)
+    train/part-00000.tfrecord ...   block-encoded tf.train.Example shards (also test/, cold_*/)
+    users.parquet, movies.parquet   raw and encoded columns
+    ratings_train/, ratings_test/, ratings_cold_users/, ratings_cold_movies/   Parquet
+    quarantine/ratings/ (Parquet), quarantine/users.parquet, quarantine/movies.parquet
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from recsys import __version__
+from recsys.config import Config
+from recsys.datasets.formats import FORMATS, TABLES, detect_format, resolve_file
+from recsys.errors import ArtifactError, DataError
+from recsys.features import FeatureEncoder, build_vocabularies
+from recsys.prepare import cleaning, reading, splitting, tfrecords
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+ENC = "enc_"  # prefix of the encoded feature columns in users.parquet / movies.parquet
+
+
+class _Log:
+    def __init__(self):
+        self.started = time.time()
+        self.last = self.started
+
+    def __call__(self, stage: str, msg: str) -> None:
+        now = time.time()
+        print(f"[prepare] {stage:9s} {msg} ({now - self.last:.1f}s, total {now - self.started:.1f}s)",
+              file=sys.stderr, flush=True)
+        self.last = now
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _input_files(cfg: Config) -> tuple[str, dict[str, Path | None]]:
+    raw = Path(cfg.paths.raw)
+    spec = detect_format(raw, cfg.data.format)
+    files: dict[str, Path | None] = {}
+    for table in TABLES:
+        pattern = spec.files[table]
+        files[table] = resolve_file(raw, pattern) if pattern else None
+        if pattern and files[table] is None:
+            raise DataError(f"{raw}: {table} file {pattern!r} not found ({spec.description})")
+    return spec.name, files
+
+
+def run_prepare(cfg: Config, spark=None) -> dict:
+    """Run the whole prepare job for ``cfg``; return the manifest written.
+
+    Raises:
+        DataError: missing/empty/unreadable inputs; ArtifactError: row accounting mismatch.
+    """
+    from recsys.spark import get_spark
+
+    log = _Log()
+    fmt, files = _input_files(cfg)
+    for table, path in files.items():
+        if path is not None and path.is_dir():
+            raise DataError(f"{path}: expected the {table} file, found a directory")
+    if spark is None:
+        spark = get_spark("recsys-prepare", cfg.prepare.master, cfg.prepare.driver_memory,
+                          cfg.prepare.shuffle_partitions)
+    log("start", f"format {fmt}, master {spark.sparkContext.master}, input {cfg.paths.raw}")
+
+    dest = Path(cfg.paths.prepared)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest = _prepare_into(spark, cfg, fmt, files, tmp, log)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log("done", f"wrote {dest} ({manifest['splits']['train']['examples']:,} train examples)")
+    return manifest
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        dest.rename(old)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], out: Path, log: _Log) -> dict:
+    from pyspark.sql import functions as F
+
+    spec = FORMATS[fmt]
+    pc = cfg.prepare
+    settings = dataclasses.asdict(pc.features)
+
+    # ---------------------------------------------------------------- read
+    parsed = {t: reading.read_table(spark, spec, t, p) for t, p in files.items() if p is not None}
+    ratings_parsed = parsed["ratings"].cache()
+    status_counts = {(r["file"], r["status"]): r["count"]
+                     for r in ratings_parsed.groupBy("file", "status").count().collect()}
+    rating_lines = sum(n for (f, s), n in status_counts.items() if s != "header")
+    if rating_lines == 0:
+        raise DataError(f"{files['ratings']}: the ratings file has no data lines")
+    dims = {t: parsed[t].toPandas() for t in ("users", "movies") if t in parsed}
+    log("read", f"{rating_lines:,} rating lines, " + ", ".join(f"{len(v):,} {k} lines" for k, v in dims.items()))
+
+    # ---------------------------------------------------------------- clean
+    movies, movies_rej = cleaning.clean_dimension(dims["movies"], "movie_id")
+    if "users" in dims:
+        users, users_rej = cleaning.clean_dimension(dims["users"], "user_id")
+        user_ids = spark.createDataFrame(users[["user_id"]])
+    else:
+        users_rej = None
+        user_ids = None
+    movie_ids = spark.createDataFrame(movies[["movie_id"]])
+    cleaned = cleaning.clean_ratings(ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max,
+                                     pc.min_ratings_per_movie, pc.min_ratings_per_user)
+    cleaned = cleaned.cache()
+    kept = cleaned.filter(F.col("reason").isNull()).drop("reason", "detail")
+    rejected = cleaned.filter(F.col("reason").isNotNull())
+    if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
+        ids = sorted(r["user_id"] for r in kept.select("user_id").distinct().collect())
+        users = pd.DataFrame({"user_id": ids, "gender": None, "age": None, "occupation": None, "zip": None,
+                              "file": None, "text": None})
+    log("clean", f"{cleaned.count() - rejected.count():,} ratings kept, {rejected.count():,} quarantined")
+
+    # ---------------------------------------------------------------- split
+    sc = pc.split
+    rated_users = [r["user_id"] for r in kept.select("user_id").distinct().collect()]
+    rated_movies = [r["movie_id"] for r in kept.select("movie_id").distinct().collect()]
+    cold_users = splitting.choose_cold(rated_users, sc.cold_user_fraction, sc.seed, "users")
+    cold_movies = splitting.choose_cold(rated_movies, sc.cold_movie_fraction, sc.seed, "movies")
+    split_df = splitting.assign_splits(spark, kept, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies)
+    split_df = split_df.cache()
+    split_counts = {r["split"]: r["count"] for r in split_df.groupBy("split").count().collect()}
+    train = split_df.filter(F.col("split") == "train")
+    stats = train.agg(F.avg("rating").alias("mean"), F.stddev_pop("rating").alias("std"),
+                      F.count("*").alias("n"), F.countDistinct("user_id").alias("users"),
+                      F.countDistinct("movie_id").alias("movies")).collect()[0]
+    if not stats["n"]:
+        raise DataError(f"{files['ratings']}: no ratings left for training after cleaning and splitting")
+    log("split", f"{sc.strategy}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(split_counts.items())))
+
+    # ---------------------------------------------------------------- vocabularies and encoding
+    train_users = {r["user_id"] for r in train.select("user_id").distinct().collect()}
+    train_movies = {r["movie_id"] for r in train.select("movie_id").distinct().collect()}
+    vocabs = build_vocabularies(_records(users), _records(movies), settings,
+                                train_users, train_movies)
+    encoder = FeatureEncoder.from_settings(vocabs, settings)
+    feature_spec = encoder.spec()
+    users_enc = _encode_users(users, encoder)
+    movies_enc = _encode_movies(movies, encoder)
+    vocabs.save(out / "vocabularies.json")
+    log("encode", ", ".join(f"{k} {v.size:,}" for k, v in vocabs.vocabs.items()))
+
+    # ---------------------------------------------------------------- write shards
+    spec_json = feature_spec.to_json()
+    feats = spec_json["features"]
+    user_cols = [f["name"] for f in feats if f["tower"] == "user"]
+    movie_cols = [f["name"] for f in feats if f["tower"] == "movie"]
+    u_df = spark.createDataFrame(users_enc[["user_id", *[ENC + c for c in user_cols]]]).select(
+        F.col("user_id").alias("raw_user_id"), *[F.col(ENC + c).alias(c) for c in user_cols])
+    m_df = spark.createDataFrame(movies_enc[["movie_id", *[ENC + c for c in movie_cols]]]).select(
+        F.col("movie_id").alias("raw_movie_id"), *[F.col(ENC + c).alias(c) for c in movie_cols])
+    joined = (split_df.withColumnRenamed("user_id", "raw_user_id").withColumnRenamed("movie_id", "raw_movie_id")
+              .join(F.broadcast(u_df), "raw_user_id").join(F.broadcast(m_df), "raw_movie_id")
+              .withColumn("rating", F.col("rating").cast("float"))
+              .withColumn("_order", F.xxhash64(F.lit(sc.seed), F.lit("order"), "raw_user_id", "raw_movie_id")))
+    shard_counts = {"train": pc.shards.train, "test": pc.shards.test, "cold_users": pc.shards.cold,
+                    "cold_movies": pc.shards.cold}
+    splits_out: dict[str, dict] = {}
+    for split in splitting.SPLITS:
+        if split not in split_counts:
+            continue
+        part = joined.filter(F.col("split") == split).select(*[f["name"] for f in feats], "_order")
+        rows = (part.repartition(shard_counts[split]).sortWithinPartitions("_order")
+                .mapInArrow(tfrecords.shard_writer(split, str(out), feats, pc.examples_per_record),
+                            tfrecords.SHARD_SCHEMA).collect())
+        shards = sorted((r.asDict() for r in rows), key=lambda r: r["shard"])
+        for s in shards:
+            del s["split"]
+        splits_out[split] = {"examples": sum(s["examples"] for s in shards),
+                             "records": sum(s["records"] for s in shards), "shards": shards}
+        # Parquet copy with original ids (evaluation, baselines, serving's "seen" lists)
+        (joined.filter(F.col("split") == split)
+         .select(F.col("raw_user_id").alias("user_id"), F.col("raw_movie_id").alias("movie_id"), "rating",
+                 "timestamp", F.col("user_id").alias("user_idx"), F.col("movie_id").alias("movie_idx"))
+         .orderBy("user_id", "movie_id").coalesce(max(1, shard_counts[split] // 4))
+         .write.parquet(str(out / f"ratings_{split}")))
+        log("write", f"{split}: {splits_out[split]['examples']:,} examples in {len(shards)} shards "
+                     f"({min(s['examples'] for s in shards):,}..{max(s['examples'] for s in shards):,} per shard)")
+
+    users_enc.drop(columns=["file", "text"], errors="ignore").to_parquet(out / "users.parquet", index=False)
+    movies_enc.drop(columns=["file", "text"], errors="ignore").to_parquet(out / "movies.parquet", index=False)
+
+    # ---------------------------------------------------------------- quarantine + accounting
+    qdir = out / "quarantine"
+    qdir.mkdir()
+    rejected.select("file", "reason", "detail", "text").write.parquet(str(qdir / "ratings"))
+    rej_counts: dict[str, dict[str, int]] = {}
+    for r in spark.read.parquet(str(qdir / "ratings")).groupBy("file", "reason").count().collect():
+        rej_counts.setdefault(r["file"], {})[r["reason"]] = r["count"]
+    kept_written = sum(s["examples"] for s in splits_out.values())
+    accounting = {}
+    ratings_file = next(iter({f for f, _ in status_counts}))
+    accounting["ratings"] = _account(str(files["ratings"]), rating_lines,
+                                     sum(n for (f, s), n in status_counts.items() if s == "header"),
+                                     kept_written, rej_counts.get(ratings_file, {}))
+    for table, kept_df, rej_df in (("users", users, users_rej), ("movies", movies, movies_rej)):
+        if rej_df is None:
+            continue
+        rej_df[["file", "reason", "detail", "text"]].astype(str).to_parquet(qdir / f"{table}.parquet", index=False)
+        lines = dims[table]
+        accounting[table] = _account(str(files[table]), int((lines["status"] != "header").sum()),
+                                     int((lines["status"] == "header").sum()), len(kept_df),
+                                     rej_df["reason"].value_counts().to_dict())
+    for table, acc in accounting.items():
+        if not acc["balanced"]:
+            raise ArtifactError(f"row accounting failed for {acc['file']}: read {acc['rows_read']:,} != kept "
+                                f"{acc['rows_kept']:,} + rejected {sum(acc['rejected'].values()):,}")
+    log("account", "; ".join(f"{t}: read {a['rows_read']:,} = kept {a['rows_kept']:,} + rejected "
+                             f"{sum(a['rejected'].values()):,}" for t, a in accounting.items()))
+
+    # ---------------------------------------------------------------- manifest
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "recsys_version": __version__,
+        "source": {"format": fmt, "raw_dir": str(cfg.paths.raw),
+                   "files": {t: {"path": str(p), "sha256": sha256_file(p)} for t, p in files.items() if p}},
+        "config": {"data": dataclasses.asdict(cfg.data), "prepare": dataclasses.asdict(pc)},
+        "features": spec_json,
+        "feature_settings": settings,
+        "vocabularies": {"file": "vocabularies.json", "sha256": sha256_file(out / "vocabularies.json"),
+                         "sizes": {k: v.size for k, v in vocabs.vocabs.items()}},
+        "examples_per_record": pc.examples_per_record,
+        "split": {"strategy": sc.strategy, "test_fraction": sc.test_fraction, "seed": sc.seed,
+                  "cold_users": len(cold_users), "cold_movies": len(cold_movies)},
+        "splits": splits_out,
+        "stats": {"train_rating_mean": stats["mean"], "train_rating_std": stats["std"],
+                  "train_ratings": stats["n"], "train_users": stats["users"], "train_movies": stats["movies"],
+                  "rating_min": cfg.data.rating_min, "rating_max": cfg.data.rating_max},
+        "accounting": accounting,
+        "tables": {name: {"path": name, "sha256": sha256_file(out / name)} for name in ("users.parquet", "movies.parquet")},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def _account(file: str, read: int, headers: int, kept: int, rejected: dict[str, int]) -> dict:
+    rejected = {k: int(v) for k, v in sorted(rejected.items())}
+    return {"file": file, "rows_read": int(read), "header_lines": int(headers), "rows_kept": int(kept),
+            "rejected": rejected, "balanced": int(read) == int(kept) + sum(rejected.values())}
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with None (not NaN / NA) for missing values."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _encode_users(users: pd.DataFrame, encoder: FeatureEncoder) -> pd.DataFrame:
+    rows = [encoder.user(r["user_id"], r["gender"], r["age"], r["occupation"], r["zip"]) for r in _records(users)]
+    enc = pd.DataFrame(rows, index=users.index).add_prefix(ENC)
+    return pd.concat([users, enc], axis=1)
+
+
+def _encode_movies(movies: pd.DataFrame, encoder: FeatureEncoder) -> pd.DataFrame:
+    rows = [encoder.movie(r["movie_id"], r["title"], r["genres"], r["year"]) for r in _records(movies)]
+    enc = pd.DataFrame(rows, index=movies.index).add_prefix(ENC)
+    return pd.concat([movies, enc], axis=1)
+
+
+def load_manifest(prepared_dir: str | Path) -> dict:
+    """The manifest of a prepared directory, with a clear error when missing or unreadable."""
+    path = Path(prepared_dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: run `spark-submit jobs/prepare.py --config ...` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: unreadable manifest ({err})") from None

@@ -1,0 +1,77 @@
+"""Starting Spark the way every job here needs it: Java checked, quiet, reproducible."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from recsys.errors import RecsysError
+
+MIN_JAVA = 17
+
+
+def java_version() -> int | None:
+    """Major version of the ``java`` Spark would use (JAVA_HOME first), or None if absent."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return None
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def check_java() -> int:
+    """Raise a clear error unless Java 17+ is available; return its major version."""
+    version = java_version()
+    if version is None:
+        raise RecsysError(
+            "Java was not found, and Spark 4 (the prepare job) needs Java 17 or newer. "
+            "On Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless (or set JAVA_HOME)."
+        )
+    if version < MIN_JAVA:
+        raise RecsysError(
+            f"Java {version} found, but Spark 4 (the prepare job) needs Java {MIN_JAVA} or newer. "
+            "On Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless, then set JAVA_HOME."
+        )
+    return version
+
+
+def get_spark(app_name: str, master: str, driver_memory: str, shuffle_partitions: int):
+    """A SparkSession; ``master`` is used only when spark-submit did not set one.
+
+    So ``spark-submit --master yarn jobs/prepare.py`` runs on YARN unchanged, and a plain
+    ``python jobs/prepare.py`` (or the tests) runs in local mode from the config.
+    """
+    check_java()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    conf = SparkConf()
+    builder = SparkSession.builder.appName(app_name)
+    if not conf.contains("spark.master"):
+        builder = builder.master(master)
+    if not conf.contains("spark.driver.memory"):
+        builder = builder.config("spark.driver.memory", driver_memory)
+    builder = (
+        builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "20000")
+        .config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "3")
+        .config("spark.executorEnv.CUDA_VISIBLE_DEVICES", "")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
