@@ -6,6 +6,7 @@
   ``round(test_fraction * n_user)`` go to test, so every user keeps the same share.
 * ``temporal``: within each user, the latest ``round(test_fraction * n_user)`` ratings by
   timestamp go to test (ties broken by movie id), as in the seed work.
+Per-user counts are rounded half up (10 ratings at 0.25 give 3 test ratings).
 Cold holdouts come first: an exact ``round(fraction * n)`` of users (then of movies), drawn
 with a seeded RNG from the sorted ids, lose all their ratings to ``cold_users`` /
 ``cold_movies`` test sets.
