@@ -58,6 +58,8 @@ class SplitConfig:
     strategy: str = field(default="random", metadata=_choices("random", "user_stratified", "temporal"))
     test_fraction: float = 0.2
     seed: int = 42
+    # Share of the remaining training ratings set aside for validation (early stopping).
+    validation_fraction: float = 0.05
     # Fractions of all users / movies whose ratings are held out of training entirely.
     cold_user_fraction: float = 0.0
     cold_movie_fraction: float = 0.0
@@ -115,6 +117,36 @@ class SynthConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The rating network: towers, text-CNN over titles, and the scoring head."""
+
+    embedding_dim: int = 32  # width of every categorical embedding
+    hidden_units: list[int] = field(default_factory=lambda: [128])  # dense layers of each tower
+    output_dim: int = 32  # width of the user and movie vectors u, m
+    title_kernel_heights: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    title_filters: int = 16  # convolution filters per kernel height
+    dropout: float = 0.2
+    l2: float = 1e-5  # L2 weight on embeddings and dense kernels (per example)
+    retrieval_weight: float = 0.0  # weight of the in-batch softmax retrieval loss (0: off)
+    retrieval_temperature: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Horovod data-parallel training."""
+
+    epochs: int = 20
+    batch_size: int = 1024  # examples per rank per step
+    learning_rate: float = 0.002  # per rank; multiplied by the number of ranks
+    warmup_epochs: float = 1.0  # linear warm-up to the scaled learning rate
+    shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
+    early_stopping_patience: int = 3  # epochs without validation-RMSE improvement
+    seed: int = 1
+    mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
+    threads_per_rank: int = 0  # 0: cores / ranks
+
+
+@dataclass
 class Config:
     """The whole configuration of one pipeline run."""
 
@@ -122,6 +154,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # Where this config came from (not a YAML key).
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -293,6 +327,14 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.prepare.features.age_buckets == sorted(set(cfg.prepare.features.age_buckets)) and len(cfg.prepare.features.age_buckets) > 0,
          "prepare.features.age_buckets", "must be a non-empty, strictly increasing list"),
         (min(cfg.prepare.shards.train, cfg.prepare.shards.test, cfg.prepare.shards.cold) >= 1, "prepare.shards", "every shard count must be at least 1"),
+        (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
+        (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
+        (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
+        (cfg.model.output_dim >= 1 and cfg.model.embedding_dim >= 1, "model", "output_dim and embedding_dim must be at least 1"),
+        (max(cfg.model.title_kernel_heights, default=0) <= cfg.prepare.features.title_length and
+         min(cfg.model.title_kernel_heights, default=1) >= 1,
+         "model.title_kernel_heights", "every kernel height must be between 1 and prepare.features.title_length"),
         (cfg.prepare.examples_per_record >= 1, "prepare.examples_per_record", "must be at least 1"),
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),

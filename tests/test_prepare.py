@@ -32,7 +32,8 @@ def spark():
 def _cfg(raw, out, *extra):
     return load_config(ROOT / "conf/default.yaml", [f"paths.raw={raw}", f"paths.prepared={out}",
                                                     "prepare.shards.train=3", "prepare.shards.test=2",
-                                                    "prepare.examples_per_record=16", *extra])
+                                                    "prepare.examples_per_record=16",
+                                                    "prepare.split.validation_fraction=0", *extra])
 
 
 def _quarantine(out):

@@ -155,7 +155,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     rated_movies = [r["movie_id"] for r in kept.select("movie_id").distinct().collect()]
     cold_users = splitting.choose_cold(rated_users, sc.cold_user_fraction, sc.seed, "users")
     cold_movies = splitting.choose_cold(rated_movies, sc.cold_movie_fraction, sc.seed, "movies")
-    split_df = splitting.assign_splits(spark, kept, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies)
+    split_df = splitting.assign_splits(spark, kept, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies,
+                                       sc.validation_fraction)
     split_df = split_df.cache()
     split_counts = {r["split"]: r["count"] for r in split_df.groupBy("split").count().collect()}
     train = split_df.filter(F.col("split") == "train")
@@ -191,7 +192,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
               .join(F.broadcast(u_df), "raw_user_id").join(F.broadcast(m_df), "raw_movie_id")
               .withColumn("rating", F.col("rating").cast("float"))
               .withColumn("_order", F.xxhash64(F.lit(sc.seed), F.lit("order"), "raw_user_id", "raw_movie_id")))
-    shard_counts = {"train": pc.shards.train, "test": pc.shards.test, "cold_users": pc.shards.cold,
+    shard_counts = {"train": pc.shards.train, "valid": pc.shards.test, "test": pc.shards.test, "cold_users": pc.shards.cold,
                     "cold_movies": pc.shards.cold}
     splits_out: dict[str, dict] = {}
     for split in splitting.SPLITS:
@@ -260,6 +261,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                          "sizes": {k: v.size for k, v in vocabs.vocabs.items()}},
         "examples_per_record": pc.examples_per_record,
         "split": {"strategy": sc.strategy, "test_fraction": sc.test_fraction, "seed": sc.seed,
+                  "validation_fraction": sc.validation_fraction,
                   "cold_users": len(cold_users), "cold_movies": len(cold_movies)},
         "splits": splits_out,
         "stats": {"train_rating_mean": stats["mean"], "train_rating_std": stats["std"],

@@ -6,6 +6,7 @@
   ``round(test_fraction * n_user)`` go to test, so every user keeps the same share.
 * ``temporal``: within each user, the latest ``round(test_fraction * n_user)`` ratings by
   timestamp go to test (ties broken by movie id), as in the seed work.
+Then ``validation_fraction`` of the training pairs (by another seeded hash) become ``valid``.
 Per-user counts are rounded half up (10 ratings at 0.25 give 3 test ratings).
 Cold holdouts come first: an exact ``round(fraction * n)`` of users (then of movies), drawn
 with a seeded RNG from the sorted ids, lose all their ratings to ``cold_users`` /
@@ -17,7 +18,7 @@ from __future__ import annotations
 import random
 from typing import Iterable
 
-SPLITS = ("train", "test", "cold_users", "cold_movies")
+SPLITS = ("train", "valid", "test", "cold_users", "cold_movies")
 _HASH_SCALE = 1_000_000_000
 
 
@@ -37,7 +38,7 @@ def pair_hash(seed: int, salt: str):
 
 
 def assign_splits(spark, kept, strategy: str, test_fraction: float, seed: int,
-                  cold_users: list[int], cold_movies: list[int]):
+                  cold_users: list[int], cold_movies: list[int], validation_fraction: float = 0.0):
     """Add a ``split`` column (one of :data:`SPLITS`) to the kept ratings."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -66,6 +67,8 @@ def assign_splits(spark, kept, strategy: str, test_fraction: float, seed: int,
         regular = F.when(F.col("_rank") <= F.round(F.col("_n") * test_fraction), "test").otherwise("train")
     else:  # pragma: no cover - the config validates the choice
         raise ValueError(strategy)
+    # validation: a seeded-hash share of what would otherwise be training data
+    regular = F.when((regular == "train") & (pair_hash(seed, "valid") < validation_fraction), "valid").otherwise(regular)
     df = df.withColumn("split", F.when(F.col("_cold_user").isNotNull(), "cold_users")
                        .when(F.col("_cold_movie").isNotNull(), "cold_movies").otherwise(regular))
     return df.drop("_cold_user", "_cold_movie", "_rank", "_n")

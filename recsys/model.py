@@ -1,0 +1,134 @@
+"""The rating network: a user tower, a movie tower with a title text-CNN, and a dot product.
+
+    rating(user, movie) = mu + b_u + b_m + <u, m>
+
+``u, b_u = UserTower(user features)`` and ``m, b_m = MovieTower(movie features)``; ``mu``
+is the training-split mean rating from the manifest (a constant, never learnt from test
+data). Because the score is an inner product plus per-side terms, the exported vectors
+``[m, b_m]`` (indexed) and ``[u, 1]`` (query) give ``<[u, 1], [m, b_m]> = rating - mu - b_u``,
+so an inner-product search ranks movies exactly as the model does. Every width comes from
+``ModelConfig``; every vocabulary size from the manifest's feature spec.
+
+Built on tf-keras (Keras 2): Horovod 0.28's tape wrapper needs its variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from recsys.config import ModelConfig  # noqa: E402
+
+
+def _reg(cfg: ModelConfig):
+    return keras.regularizers.l2(cfg.l2) if cfg.l2 > 0 else None
+
+
+class _Tower(keras.layers.Layer):
+    """Embeddings of categorical features -> dense layers -> (vector [B, D], bias [B])."""
+
+    def __init__(self, features: list[dict], cfg: ModelConfig, name: str):
+        super().__init__(name=name)
+        self.cfg = cfg
+        self.features = features
+        self.embeddings = {}
+        for f in features:
+            if f["name"] == "title_words":
+                continue
+            self.embeddings[f["name"]] = keras.layers.Embedding(
+                f["vocab_size"], cfg.embedding_dim, embeddings_regularizer=_reg(cfg), name=f"{f['name']}_embedding")
+        self.hidden = [keras.layers.Dense(n, activation="relu", kernel_regularizer=_reg(cfg), name=f"hidden_{i}")
+                       for i, n in enumerate(cfg.hidden_units)]
+        self.dropout = keras.layers.Dropout(cfg.dropout)
+        self.vector = keras.layers.Dense(cfg.output_dim, kernel_regularizer=_reg(cfg), name="vector")
+        self.bias = keras.layers.Dense(1, name="bias")
+
+    def _embed(self, f: dict, ids: tf.Tensor) -> tf.Tensor:
+        emb = self.embeddings[f["name"]](ids)
+        if f["shape"]:  # a padded list (genres): mean over non-padding entries
+            mask = tf.cast(tf.not_equal(ids, f["pad_id"]), emb.dtype)[..., None]
+            return tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return emb
+
+    def extra_inputs(self, inputs, training):
+        return []
+
+    def call(self, inputs: dict[str, tf.Tensor], training=False):
+        parts = [self._embed(f, inputs[f["name"]]) for f in self.features if f["name"] in self.embeddings]
+        parts += self.extra_inputs(inputs, training)
+        x = tf.concat(parts, axis=-1)
+        for layer in self.hidden:
+            x = self.dropout(layer(x), training=training)
+        return self.vector(x), tf.squeeze(self.bias(x), axis=-1)
+
+
+class UserTower(_Tower):
+    """User id, gender, age bucket, occupation, zip prefix -> (u [B, D], b_u [B])."""
+
+
+class TitleCNN(keras.layers.Layer):
+    """Kim-style text-CNN: word embeddings, Conv1D per kernel height, ReLU, max over time."""
+
+    def __init__(self, vocab_size: int, pad_id: int, cfg: ModelConfig):
+        super().__init__(name="title_cnn")
+        self.pad_id = pad_id
+        self.words = keras.layers.Embedding(vocab_size, cfg.embedding_dim, embeddings_regularizer=_reg(cfg),
+                                            name="word_embedding")
+        self.convs = [keras.layers.Conv1D(cfg.title_filters, h, activation="relu", name=f"conv_{h}")
+                      for h in cfg.title_kernel_heights]
+        self.dropout = keras.layers.Dropout(cfg.dropout)
+
+    def call(self, ids: tf.Tensor, training=False) -> tf.Tensor:
+        x = self.words(ids)  # [B, L, E]
+        x = x * tf.cast(tf.not_equal(ids, self.pad_id), x.dtype)[..., None]  # padding contributes zeros
+        pooled = [tf.reduce_max(conv(x), axis=1) for conv in self.convs]  # each [B, filters]
+        return self.dropout(tf.concat(pooled, axis=-1), training=training)
+
+
+class MovieTower(_Tower):
+    """Movie id, genres (pooled), release-year bucket, title text-CNN -> (m [B, D], b_m [B])."""
+
+    def __init__(self, features: list[dict], cfg: ModelConfig, name: str):
+        super().__init__(features, cfg, name)
+        title = next(f for f in features if f["name"] == "title_words")
+        self.title = TitleCNN(title["vocab_size"], title["pad_id"], cfg)
+
+    def extra_inputs(self, inputs, training):
+        return [self.title(inputs["title_words"], training=training)]
+
+
+class RatingModel(keras.Model):
+    """``mu + b_u + b_m + <u, m>`` over the two towers.
+
+    Args:
+        spec: the manifest's ``features`` block (names, shapes, vocab sizes, towers).
+        mu: the training-split mean rating.
+    """
+
+    def __init__(self, spec: dict, mu: float, cfg: ModelConfig):
+        super().__init__(name="rating_model")
+        feats = spec["features"]
+        self.cfg = cfg
+        self.mu = float(mu)
+        self.user_tower = UserTower([f for f in feats if f["tower"] == "user"], cfg, "user_tower")
+        self.movie_tower = MovieTower([f for f in feats if f["tower"] == "movie"], cfg, "movie_tower")
+
+    def towers(self, inputs, training=False):
+        u, b_u = self.user_tower(inputs, training=training)
+        m, b_m = self.movie_tower(inputs, training=training)
+        return u, b_u, m, b_m
+
+    def call(self, inputs, training=False):
+        u, b_u, m, b_m = self.towers(inputs, training)
+        return self.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
+
+
+def retrieval_loss(u: tf.Tensor, m: tf.Tensor, temperature: float) -> tf.Tensor:
+    """In-batch softmax: each user's rated movie against the batch's other movies."""
+    logits = tf.matmul(u, m, transpose_b=True) / temperature  # [B, B]
+    labels = tf.range(tf.shape(u)[0])
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
