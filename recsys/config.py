@@ -147,6 +147,18 @@ class TrainConfig:
 
 
 @dataclass
+class IndexConfig:
+    """FAISS indexes built from the exported vectors (jobs/build_index.py)."""
+
+    flat_max: int = 200_000  # collections up to this size get an exact Flat index
+    approximate: str = "HNSW32"  # faiss index_factory string used above flat_max (e.g. IVF4096,Flat)
+    target_recall: float = 0.95  # recall@k against exact search the search parameter is tuned to
+    recall_k: int = 10
+    recall_sample: int = 1000  # queries sampled for tuning and for the recorded recall
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """The whole configuration of one pipeline run."""
 
@@ -156,6 +168,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     # Where this config came from (not a YAML key).
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -335,6 +348,8 @@ def _validate(cfg: Config, where: str) -> None:
         (max(cfg.model.title_kernel_heights, default=0) <= cfg.prepare.features.title_length and
          min(cfg.model.title_kernel_heights, default=1) >= 1,
          "model.title_kernel_heights", "every kernel height must be between 1 and prepare.features.title_length"),
+        (0.0 < cfg.index.target_recall <= 1.0, "index.target_recall", "must be in (0, 1]"),
+        (cfg.index.recall_k >= 1 and cfg.index.recall_sample >= 1, "index", "recall_k and recall_sample must be at least 1"),
         (cfg.prepare.examples_per_record >= 1, "prepare.examples_per_record", "must be at least 1"),
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
