@@ -150,5 +150,136 @@ def data_inspect(directory: str, fmt: str, as_json: bool) -> None:
         click.echo(f"  {table:8s} {acc['file']}: read {acc['rows_read']:,}, kept {acc['rows_kept']:,}, rejected: {rejected}")
 
 
+# ------------------------------------------------------------------ prepare
+
+
+@main.command("prepare", context_settings={"ignore_unknown_options": True})
+@config_option
+@set_option
+@click.option("--master", default=None, help="Spark master for spark-submit (default: the config's prepare.master).")
+@friendly_errors
+def prepare_cmd(config_path, overrides, master):
+    """Run the Spark prepare job through spark-submit (same as spark-submit jobs/prepare.py)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from recsys.config import load_config
+
+    load_config(config_path, overrides)  # fail fast, before starting a JVM
+    bin_dir = Path(sys.executable).parent
+    submit = bin_dir / "spark-submit"
+    job = Path(__file__).resolve().parents[1] / "jobs" / "prepare.py"
+    cmd = [str(submit if submit.exists() else "spark-submit")]
+    if master:
+        cmd += ["--master", master]
+    cmd += [str(job), "--config", config_path] + [a for o in overrides for a in ("--set", o)]
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    sys.exit(subprocess.call(cmd, env=env))
+
+
+# ------------------------------------------------------------------ serving
+
+
+def _recommender(config_path, overrides, index_dir):
+    from recsys.config import load_config
+    from recsys.serving import Recommender
+
+    cfg = load_config(config_path, overrides)
+    return Recommender.load(index_dir or cfg.paths.index)
+
+
+def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    click.echo(title)
+    if not rows:
+        click.echo("  (nothing)")
+        return
+    if "movie_id" in rows[0]:
+        click.echo(f"  {'#':>2}  {'movie':>6}  {'score':>6}  title [genres]")
+        for i, r in enumerate(rows, 1):
+            click.echo(f"  {i:>2}  {r['movie_id']:>6}  {r['score']:6.3f}  {r['title']} [{r['genres']}]")
+    else:
+        click.echo(f"  {'#':>2}  {'user':>6}  {'score':>6}  gender age occupation")
+        for i, r in enumerate(rows, 1):
+            click.echo(f"  {i:>2}  {r['user_id']:>6}  {r['score']:6.3f}  {r['gender'] or '-':6} {r['age'] or '-':>3} "
+                       f"{r['occupation'] or '-'}")
+
+
+index_option = click.option("--index", "index_dir", default=None, help="Serving directory [config paths.index].")
+k_option = click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _value_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            raise RecsysError(str(err)) from None
+
+    return wrapper
+
+
+@main.command("recommend")
+@config_option
+@set_option
+@index_option
+@click.option("--user", "user_id", type=int, default=None, help="A known user id.")
+@click.option("--gender", default=None, help="New user: gender (M/F).")
+@click.option("--age", type=int, default=None, help="New user: age in years.")
+@click.option("--occupation", default=None, help="New user: occupation (e.g. writer).")
+@click.option("--include-seen", is_flag=True, help="Do not exclude movies the user rated in training.")
+@k_option
+@json_option
+@friendly_errors
+@_value_errors
+def recommend_cmd(config_path, overrides, index_dir, user_id, gender, age, occupation, include_seen, k, as_json):
+    """Top movies for a known user (--user) or a new one (--gender/--age/--occupation)."""
+    rec = _recommender(config_path, overrides, index_dir)
+    if user_id is not None:
+        rows = rec.recommend(user_id, k=k, exclude_seen=not include_seen)
+        _print_rows(rows, f"top {k} for user {user_id}:", as_json)
+    elif gender or age or occupation:
+        rows = rec.recommend_for_profile(gender=gender, age=age, occupation=occupation, k=k)
+        _print_rows(rows, f"top {k} for a new user (gender={gender}, age={age}, occupation={occupation}):", as_json)
+    else:
+        raise RecsysError("give --user ID, or a profile with --gender/--age/--occupation")
+
+
+@main.command("similar")
+@config_option
+@set_option
+@index_option
+@click.option("--movie", "movie_id", type=int, required=True, help="A known movie id.")
+@k_option
+@json_option
+@friendly_errors
+@_value_errors
+def similar_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
+    """Movies most similar to a movie (cosine of the movie vectors)."""
+    rec = _recommender(config_path, overrides, index_dir)
+    title = rec.movies.at[rec._movie(movie_id), "title"]
+    _print_rows(rec.similar_movies(movie_id, k=k), f"{k} movies most similar to {movie_id} ({title}):", as_json)
+
+
+@main.command("who-likes")
+@config_option
+@set_option
+@index_option
+@click.option("--movie", "movie_id", type=int, required=True, help="A known movie id.")
+@k_option
+@json_option
+@friendly_errors
+@_value_errors
+def who_likes_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
+    """Users predicted to rate a movie highest."""
+    rec = _recommender(config_path, overrides, index_dir)
+    _print_rows(rec.users_for_movie(movie_id, k=k), f"{k} users most likely to love movie {movie_id}:", as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,10 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-conf/ml-100k.yaml}
+RANKS=${RANKS:-2}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} TF_USE_LEGACY_KERAS=1 SPARK_LOCAL_IP=127.0.0.1
 export PYSPARK_PYTHON="$PWD/.venv/bin/python"
-BIN="$PWD/.venv/bin"
+export PATH="$PWD/.venv/bin:$PATH"   # spark-submit, horovodrun and python from the venv
 step() { printf '\n==> %s\n' "$*"; }
 
-step "1. fetch MovieLens-100K into data/raw/ml-100k"
-"$BIN/recsys" data fetch ml-100k
+step "1/5 fetch MovieLens-100K (data/raw/ml-100k)"
+recsys data fetch ml-100k
+
+step "2/5 Spark prepare: spark-submit jobs/prepare.py --config $CONFIG"
+spark-submit jobs/prepare.py --config "$CONFIG" 2> >(grep -E '^\[prepare\]|^error' >&2)
+
+step "3/5 Horovod training: horovodrun -np $RANKS python train.py --config $CONFIG"
+horovodrun -np "$RANKS" python train.py --config "$CONFIG" 2>&1 | grep -E '\[train\]|error' | sed -E 's/^\[[0-9]+\]<std(err|out)>://'
+
+step "4/5 export vectors and build FAISS indexes"
+python jobs/export.py --config "$CONFIG"
+python jobs/build_index.py --config "$CONFIG"
+
+step "5/5 recommendations from the FAISS index"
+recsys recommend --config "$CONFIG" --user 42 -k 10
+recsys similar --config "$CONFIG" --movie 1 -k 10
