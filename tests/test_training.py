@@ -132,3 +132,14 @@ def test_score_is_mu_plus_biases_plus_dot(prepared):
     # exported form: <[u, 1], [m, b_m]> = prediction - mu - b_u
     q = np.concatenate([u, np.ones((64, 1))], 1); item = np.concatenate([mv, b_m[:, None]], 1)
     np.testing.assert_allclose((q * item).sum(1), pred - m["stats"]["train_rating_mean"] - b_u, rtol=1e-4, atol=1e-4)
+
+
+def test_horovodrun_two_ranks_with_gloo():
+    """The set-up's promise: horovodrun -np 2 starts two Gloo ranks that see size 2."""
+    proc = subprocess.run([os.path.join(BIN, "horovodrun"), "-np", "2", sys.executable, "-c",
+                           "import horovod.tensorflow as hvd; hvd.init(); print('SIZE', hvd.size())"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("SIZE 2") == 2
+    check = subprocess.run([os.path.join(BIN, "horovodrun"), "--check-build"], capture_output=True, text=True)
+    assert "[X] TensorFlow" in check.stdout and "[X] Gloo" in check.stdout
