@@ -34,14 +34,29 @@ class BuiltIndex:
     build_seconds: float
 
 
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest inner products per query (numpy, chunked): the reference."""
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, query_block: int = 64,
+               base_block: int = 1_000_000) -> np.ndarray:
+    """Indices of the k largest inner products per query: the numpy reference.
+
+    Blocked over queries and over the base (memory: query_block x base_block floats), with
+    argpartition per block and a merge of the running top-k.
+    """
+    k = min(k, len(base))
     out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), 256):
-        scores = queries[s:s + 256] @ base.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        out[s:s + 256] = np.take_along_axis(part, order, 1)
+    for s in range(0, len(queries), query_block):
+        q = queries[s:s + query_block]
+        best_s = np.full((len(q), k), -np.inf, np.float32)
+        best_i = np.zeros((len(q), k), np.int64)
+        for b in range(0, len(base), base_block):
+            scores = q @ base[b:b + base_block].T
+            kk = min(k, scores.shape[1])
+            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], axis=1)
+            cand_i = np.concatenate([best_i, part + b], axis=1)
+            top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+            best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        out[s:s + query_block] = np.take_along_axis(best_i, order, 1)
     return out
 
 
@@ -80,7 +95,10 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
     q = np.ascontiguousarray(queries[rng.choice(len(queries), size=min(sample, len(queries)), replace=False)],
                              dtype=np.float32)
     kk = min(k, len(vectors))
-    truth = exact_topk(vectors, q, kk)
+    exact = faiss.IndexFlatIP(d)  # exact reference for tuning (blocked, multi-threaded)
+    exact.add(vectors)
+    truth = exact.search(q, kk)[1]
+    del exact
     name, grid = ("efSearch", _EF) if "HNSW" in factory else ("nprobe", _NPROBE)
     best = None
     for value in grid:

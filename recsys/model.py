@@ -46,6 +46,13 @@ class _Tower(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(cfg.dropout)
         self.vector = keras.layers.Dense(cfg.output_dim, kernel_regularizer=_reg(cfg), name="vector")
         self.bias = keras.layers.Dense(1, name="bias")
+        # A per-id scalar bias (classic b_u / b_m), added to the tower's bias head; unknown
+        # ids share the OOV row, so cold users and movies still get the attribute-based head.
+        self.id_feature = next((f for f in features if f["name"] in ("user_id", "movie_id")), None)
+        self.id_bias = None
+        if self.id_feature is not None and cfg.id_bias:
+            self.id_bias = keras.layers.Embedding(self.id_feature["vocab_size"], 1, embeddings_initializer="zeros",
+                                                  embeddings_regularizer=_reg(cfg), name="id_bias")
 
     def _embed(self, f: dict, ids: tf.Tensor) -> tf.Tensor:
         emb = self.embeddings[f["name"]](ids)
@@ -63,7 +70,10 @@ class _Tower(keras.layers.Layer):
         x = tf.concat(parts, axis=-1)
         for layer in self.hidden:
             x = self.dropout(layer(x), training=training)
-        return self.vector(x), tf.squeeze(self.bias(x), axis=-1)
+        bias = tf.squeeze(self.bias(x), axis=-1)
+        if self.id_bias is not None:
+            bias = bias + tf.squeeze(self.id_bias(inputs[self.id_feature["name"]]), axis=-1)
+        return self.vector(x), bias
 
 
 class UserTower(_Tower):

@@ -14,10 +14,10 @@ step "1/5 fetch MovieLens-100K (data/raw/ml-100k)"
 recsys data fetch ml-100k
 
 step "2/5 Spark prepare: spark-submit jobs/prepare.py --config $CONFIG"
-spark-submit jobs/prepare.py --config "$CONFIG" 2> >(grep -E '^\[prepare\]|^error' >&2)
+spark-submit jobs/prepare.py --config "$CONFIG" 2> >(grep --line-buffered -E '^\[prepare\]|^error' >&2)
 
 step "3/5 Horovod training: horovodrun -np $RANKS python train.py --config $CONFIG"
-horovodrun -np "$RANKS" python train.py --config "$CONFIG" 2>&1 | grep -E '\[train\]|error' | sed -E 's/^\[[0-9]+\]<std(err|out)>://'
+horovodrun -np "$RANKS" python train.py --config "$CONFIG" 2>&1 | grep --line-buffered -E '\[train\]|error' | sed -u -E 's/^\[[0-9]+\]<std(err|out)>://'
 
 step "4/5 export vectors and build FAISS indexes"
 python jobs/export.py --config "$CONFIG"
