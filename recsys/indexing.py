@@ -87,7 +87,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        train = vectors[rng.choice(len(vectors), size=min(len(vectors), 100_000), replace=False)]
+        train = vectors[rng.choice(len(vectors), size=min(len(vectors), 256_000), replace=False)]  # >= 39 x nlist 4096
         index.train(train)
     index.add(vectors)
     build_seconds = time.time() - started

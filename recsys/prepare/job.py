@@ -120,7 +120,12 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
 
     # ---------------------------------------------------------------- read
     parsed = {t: reading.read_table(spark, spec, t, p) for t, p in files.items() if p is not None}
-    ratings_parsed = parsed["ratings"].cache()
+    # Stage to Parquet between the heavy steps instead of caching: each step then reads only
+    # the columns it needs, and nothing (Python parsing included) is recomputed when memory
+    # runs short at scale. The stage directory is removed before the output is renamed.
+    stage = out / "_stage"
+    parsed["ratings"].write.parquet(str(stage / "parsed"))
+    ratings_parsed = spark.read.parquet(str(stage / "parsed"))
     status_counts = {(r["file"], r["status"]): r["count"]
                      for r in ratings_parsed.groupBy("file", "status").count().collect()}
     rating_lines = sum(n for (f, s), n in status_counts.items() if s != "header")
@@ -140,14 +145,16 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     movie_ids = spark.createDataFrame(movies[["movie_id"]])
     cleaned = cleaning.clean_ratings(ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max,
                                      pc.min_ratings_per_movie, pc.min_ratings_per_user)
-    cleaned = cleaned.cache()
-    kept = cleaned.filter(F.col("reason").isNull()).drop("reason", "detail")
+    cleaned.write.parquet(str(stage / "cleaned"))
+    cleaned = spark.read.parquet(str(stage / "cleaned"))
+    kept = cleaned.filter(F.col("reason").isNull()).select("user_id", "movie_id", "rating", "timestamp")
     rejected = cleaned.filter(F.col("reason").isNotNull())
     if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
         ids = sorted(r["user_id"] for r in kept.select("user_id").distinct().collect())
         users = pd.DataFrame({"user_id": ids, "gender": None, "age": None, "occupation": None, "zip": None,
                               "file": None, "text": None})
-    log("clean", f"{cleaned.count() - rejected.count():,} ratings kept, {rejected.count():,} quarantined")
+    n_rejected = rejected.count()
+    log("clean", f"{rating_lines - n_rejected:,} ratings kept, {n_rejected:,} quarantined")
 
     # ---------------------------------------------------------------- split
     sc = pc.split
@@ -157,7 +164,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     cold_movies = splitting.choose_cold(rated_movies, sc.cold_movie_fraction, sc.seed, "movies")
     split_df = splitting.assign_splits(spark, kept, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies,
                                        sc.validation_fraction)
-    split_df = split_df.cache()
+    split_df.write.parquet(str(stage / "split"))
+    split_df = spark.read.parquet(str(stage / "split"))
     split_counts = {r["split"]: r["count"] for r in split_df.groupBy("split").count().collect()}
     train = split_df.filter(F.col("split") == "train")
     stats = train.agg(F.avg("rating").alias("mean"), F.stddev_pop("rating").alias("std"),
@@ -192,6 +200,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
               .join(F.broadcast(u_df), "raw_user_id").join(F.broadcast(m_df), "raw_movie_id")
               .withColumn("rating", F.col("rating").cast("float"))
               .withColumn("_order", F.xxhash64(F.lit(sc.seed), F.lit("order"), "raw_user_id", "raw_movie_id")))
+    joined.write.partitionBy("split").parquet(str(stage / "joined"))
+    joined = spark.read.parquet(str(stage / "joined"))
     shard_counts = {"train": pc.shards.train, "valid": pc.shards.test, "test": pc.shards.test, "cold_users": pc.shards.cold,
                     "cold_movies": pc.shards.cold}
     splits_out: dict[str, dict] = {}
@@ -270,6 +280,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
         "accounting": accounting,
         "tables": {name: {"path": name, "sha256": sha256_file(out / name)} for name in ("users.parquet", "movies.parquet")},
     }
+    shutil.rmtree(stage, ignore_errors=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
 
