@@ -178,6 +178,29 @@ def prepare_cmd(config_path, overrides, master):
     sys.exit(subprocess.call(cmd, env=env))
 
 
+# ------------------------------------------------------------------ evaluate
+
+
+@main.command("evaluate")
+@config_option
+@set_option
+@click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark ALS).")
+@friendly_errors
+def evaluate_cmd(config_path, overrides, fast):
+    """Evaluate the trained model and the baselines on the prepared test sets; write the report."""
+    from recsys.config import load_config
+    from recsys.evaluation import evaluate
+
+    cfg = load_config(config_path, overrides)
+    metrics = evaluate(cfg.paths.prepared, {"rating network (ours)": cfg.paths.model}, cfg.paths.report,
+                       include_slow=not fast)
+    from pathlib import Path
+
+    click.echo((Path(cfg.paths.report) / "report.md").read_text())
+    click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
+    del metrics
+
+
 # ------------------------------------------------------------------ serving
 
 

@@ -1,0 +1,479 @@
+"""``recsys evaluate``: the model and the baselines on the same prepared split, one report.
+
+Protocol (the same for every recommender):
+
+* Rating accuracy: RMSE, MAE, MSE of predictions clipped to the rating scale, on the test
+  split and on the cold-user / cold-movie test sets when prepare made them.
+* Top-K (K = 5, 10, 20) for every user with test ratings: candidates are the movies the
+  user did not rate in training (train + validation splits); relevant are all movies the
+  user rated in the test split (variant ``_rel4``: rated 4 or more). Precision, recall, F1,
+  NDCG (binary gains), hit rate, MAP (truncated at K).
+* Beyond accuracy, on the top-10 lists: catalog coverage, intra-list genre diversity
+  (mean pairwise 1 - Jaccard of genre sets), novelty (mean -log2 of the share of users who
+  rated the movie in training).
+
+Every recommender implements :class:`Recommender` below: ``predict`` (rating for pairs) and
+``scores`` (a score for every catalog movie, for a block of users). Baselines: global mean,
+user+item bias, popularity, user-based and item-based CF (cosine, k neighbours), Surprise
+SVD and SVD++, and Spark MLlib ALS. Statistics come from the training split only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KS = (5, 10, 20)
+
+
+def _log(msg: str) -> None:
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Data:
+    """Training/test ratings as dense indices over the prepared users and movies tables."""
+
+    users: pd.DataFrame
+    movies: pd.DataFrame
+    train: pd.DataFrame  # u, m, rating (u/m: row indices into users/movies)
+    test: pd.DataFrame
+    cold: dict[str, pd.DataFrame]
+    rating_min: float
+    rating_max: float
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_movies(self) -> int:
+        return len(self.movies)
+
+
+def load_data(prepared: str | Path) -> Data:
+    prepared = Path(prepared)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    users = pd.read_parquet(prepared / "users.parquet")
+    movies = pd.read_parquet(prepared / "movies.parquet")
+    urow = pd.Series(np.arange(len(users)), index=users.user_id)
+    mrow = pd.Series(np.arange(len(movies)), index=movies.movie_id)
+
+    def read(split: str) -> pd.DataFrame | None:
+        path = prepared / f"ratings_{split}"
+        if not path.exists():
+            return None
+        df = pd.read_parquet(path, columns=["user_id", "movie_id", "rating"])
+        return pd.DataFrame({"u": urow.loc[df.user_id].to_numpy(), "m": mrow.loc[df.movie_id].to_numpy(),
+                             "rating": df.rating.to_numpy(np.float64)})
+
+    train = pd.concat([d for d in (read("train"), read("valid")) if d is not None], ignore_index=True)
+    cold = {s: d for s in ("cold_users", "cold_movies") if (d := read(s)) is not None}
+    return Data(users, movies, train, read("test"), cold, manifest["stats"]["rating_min"], manifest["stats"]["rating_max"])
+
+
+# ---------------------------------------------------------------------------- recommenders
+
+
+class Recommender:
+    """A recommender under evaluation."""
+
+    label = "?"
+    rates = True  # predicts ratings (popularity does not)
+    ranks = True  # produces a ranking (global mean does not)
+
+    def fit(self, data: Data) -> "Recommender":
+        return self
+
+    def predict(self, u: np.ndarray, m: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """[len(users), n_movies] scores, higher is better."""
+        raise NotImplementedError
+
+
+class GlobalMean(Recommender):
+    label, ranks = "global mean", False
+
+    def fit(self, data):
+        self.mu = data.train.rating.mean()
+        return self
+
+    def predict(self, u, m):
+        return np.full(len(u), self.mu)
+
+
+class Bias(Recommender):
+    """mu + b_u + b_m, regularised, by alternating least squares."""
+
+    label = "user+item bias"
+
+    def __init__(self, reg: float = 10.0, iters: int = 10):
+        self.reg, self.iters = reg, iters
+
+    def fit(self, data):
+        t = data.train
+        self.mu = t.rating.mean()
+        self.bu = np.zeros(data.n_users); self.bm = np.zeros(data.n_movies)
+        for _ in range(self.iters):
+            r = t.rating - self.mu - self.bu[t.u]
+            self.bm = np.bincount(t.m, r, data.n_movies) / (np.bincount(t.m, minlength=data.n_movies) + self.reg)
+            r = t.rating - self.mu - self.bm[t.m]
+            self.bu = np.bincount(t.u, r, data.n_users) / (np.bincount(t.u, minlength=data.n_users) + self.reg)
+        return self
+
+    def predict(self, u, m):
+        return self.mu + self.bu[u] + self.bm[m]
+
+    def scores(self, users):
+        return np.broadcast_to(self.bm[None, :], (len(users), len(self.bm))).copy()
+
+
+class Popularity(Recommender):
+    label, rates = "popularity", False
+
+    def fit(self, data):
+        self.count = np.bincount(data.train.m, minlength=data.n_movies).astype(float)
+        return self
+
+    def scores(self, users):
+        return np.broadcast_to(self.count[None, :], (len(users), len(self.count))).copy()
+
+
+class NeighbourCF(Recommender):
+    """Cosine k-nearest-neighbour CF on mean-centred ratings (user-based or item-based)."""
+
+    def __init__(self, user_based: bool, k: int = 40):
+        self.user_based, self.k = user_based, k
+        self.label = "user-based CF (cosine)" if user_based else "item-based CF (cosine)"
+
+    def fit(self, data):
+        t = data.train
+        R = np.zeros((data.n_users, data.n_movies)); M = np.zeros_like(R)
+        R[t.u, t.m] = t.rating; M[t.u, t.m] = 1.0
+        self.mu = t.rating.mean()
+        self.user_mean = np.where(M.sum(1) > 0, R.sum(1) / np.maximum(M.sum(1), 1), self.mu)
+        C = (R - self.user_mean[:, None]) * M  # mean-centred, zeros where unrated
+        X = C if self.user_based else C.T
+        norm = np.linalg.norm(X, axis=1, keepdims=True) + 1e-9
+        S = (X / norm) @ (X / norm).T
+        np.fill_diagonal(S, 0.0)
+        if self.k < S.shape[0]:  # keep each row's k strongest neighbours
+            cut = np.partition(np.abs(S), -self.k, axis=1)[:, -self.k][:, None]
+            S = np.where(np.abs(S) >= cut, S, 0.0)
+        self.S, self.C, self.M = S, C, M
+        return self
+
+    def _dev(self, users):
+        if self.user_based:
+            S = self.S[users]  # [B, U]
+            num = S @ self.C; den = np.abs(S) @ self.M
+        else:
+            num = self.C[users] @ self.S.T  # [B, I]
+            den = self.M[users] @ np.abs(self.S).T
+        return np.where(den > 1e-9, num / np.maximum(den, 1e-9), 0.0)
+
+    def predict(self, u, m):
+        out = np.empty(len(u))
+        for s in range(0, len(u), 4096):
+            uu, mm = u[s:s + 4096], m[s:s + 4096]
+            uniq, inv = np.unique(uu, return_inverse=True)
+            dev = self._dev(uniq)
+            out[s:s + 4096] = self.user_mean[uu] + dev[inv, mm]
+        return out
+
+    def scores(self, users):
+        return self.user_mean[users][:, None] + self._dev(users)
+
+
+class SurpriseModel(Recommender):
+    """Surprise SVD / SVD++ (the classic rating baselines), fitted on the training split."""
+
+    def __init__(self, kind: str, seed: int = 0):
+        self.kind, self.seed = kind, seed
+        self.label = f"Surprise {kind}"
+
+    def fit(self, data):
+        from surprise import SVD, Dataset, Reader, SVDpp
+
+        t = data.train
+        ds = Dataset.load_from_df(t[["u", "m", "rating"]], Reader(rating_scale=(data.rating_min, data.rating_max)))
+        algo = (SVD if self.kind == "SVD" else SVDpp)(random_state=self.seed)
+        self.trainset = ds.build_full_trainset()
+        algo.fit(self.trainset)
+        self.algo = algo
+        self.n_movies = data.n_movies
+        return self
+
+    def predict(self, u, m):
+        return np.array([self.algo.predict(int(a), int(b)).est for a, b in zip(u, m)])
+
+    def scores(self, users):
+        ts, a = self.trainset, self.algo
+        def inner(fn, raw):
+            try:
+                return fn(raw)
+            except ValueError:  # not in the training set
+                return -1
+
+        inner_items = np.array([inner(ts.to_inner_iid, i) for i in range(self.n_movies)])
+        known = inner_items >= 0
+        out = np.full((len(users), self.n_movies), ts.global_mean)
+        Q = a.qi[inner_items[known]]; bi = a.bi[inner_items[known]]
+        for row, u in enumerate(users):
+            iu = inner(ts.to_inner_uid, int(u))
+            if iu < 0:
+                continue
+            p = a.pu[iu].copy()
+            if self.kind == "SVD++":
+                rated = [j for j, _ in ts.ur[iu]]
+                p = p + a.yj[rated].sum(0) / math.sqrt(len(rated))
+            out[row, known] = ts.global_mean + a.bu[iu] + bi + Q @ p
+        return out
+
+
+class SparkALS(Recommender):
+    """Spark MLlib ALS (explicit ratings): the distributed peer."""
+
+    label = "Spark MLlib ALS"
+
+    def __init__(self, rank: int = 16, reg: float = 0.1, iters: int = 15, seed: int = 0):
+        self.rank, self.reg, self.iters, self.seed = rank, reg, iters, seed
+
+    def fit(self, data):
+        from pyspark.ml.recommendation import ALS
+
+        from recsys.spark import get_spark
+
+        spark = get_spark("recsys-evaluate-als", "local[2]", "2g", 4)
+        df = spark.createDataFrame(data.train.astype({"u": "int32", "m": "int32", "rating": "float32"}))
+        model = ALS(rank=self.rank, regParam=self.reg, maxIter=self.iters, userCol="u", itemCol="m",
+                    ratingCol="rating", seed=self.seed, coldStartStrategy="nan").fit(df)
+        self.mu = data.train.rating.mean()
+        self.U = np.zeros((data.n_users, self.rank)); self.V = np.zeros((data.n_movies, self.rank))
+        self.has_u = np.zeros(data.n_users, bool); self.has_m = np.zeros(data.n_movies, bool)
+        for r in model.userFactors.collect():
+            self.U[r.id] = r.features; self.has_u[r.id] = True
+        for r in model.itemFactors.collect():
+            self.V[r.id] = r.features; self.has_m[r.id] = True
+        return self
+
+    def predict(self, u, m):
+        p = (self.U[u] * self.V[m]).sum(1)
+        return np.where(self.has_u[u] & self.has_m[m], p, self.mu)
+
+    def scores(self, users):
+        return self.U[users] @ self.V.T
+
+
+class TrainedRatingModel(Recommender):
+    """The trained rating network, scored from its towers: mu + b_u + b_m + <u, m>."""
+
+    def __init__(self, model_dir, label: str = "rating network (ours)"):
+        self.model_dir, self.label = model_dir, label
+
+    def fit(self, data):
+        from recsys.export import ENC, TrainedModel
+
+        tm = TrainedModel(self.model_dir)
+
+        def cols(frame, names):
+            return {n: (np.stack(frame[ENC + n].to_numpy()) if frame[ENC + n].dtype == object
+                        else frame[ENC + n].to_numpy()).astype(np.int64) for n in names}
+
+        self.U, self.bu = tm.user_vectors(cols(data.users, tm.tower_names("user")))
+        self.V, self.bm = tm.movie_vectors(cols(data.movies, tm.tower_names("movie")))
+        self.mu = tm.mu
+        self.history = tm.info.get("history", [])
+        return self
+
+    def predict(self, u, m):
+        return self.mu + self.bu[u] + self.bm[m] + (self.U[u] * self.V[m]).sum(1)
+
+    def scores(self, users):
+        return self.bm[None, :] + self.U[users] @ self.V.T
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def rating_metrics(rec: Recommender, df: pd.DataFrame, lo: float, hi: float) -> dict:
+    p = np.clip(rec.predict(df.u.to_numpy(), df.m.to_numpy()), lo, hi)
+    err = p - df.rating.to_numpy()
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
+            "mse": float(np.mean(err ** 2)), "n": int(len(df))}
+
+
+def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Top-K metrics; also returns the evaluated users and their top-max(K) lists."""
+    seen = data.train.groupby("u").m.apply(np.array).to_dict()
+    test_all = data.test.groupby("u").m.apply(set).to_dict()
+    test_good = data.test[data.test.rating >= 4].groupby("u").m.apply(set).to_dict()
+    users = np.array(sorted(test_all))
+    kmax = max(ks)
+    tops = np.empty((len(users), kmax), np.int64)
+    for s in range(0, len(users), block):
+        ub = users[s:s + block]
+        sc = rec.scores(ub).astype(np.float64)
+        for i, u in enumerate(ub):
+            if u in seen:
+                sc[i, seen[u]] = -np.inf
+        part = np.argpartition(-sc, kmax - 1, axis=1)[:, :kmax]
+        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1, kind="stable")
+        tops[s:s + block] = np.take_along_axis(part, order, 1)
+    out = {}
+    for variant, relevant in (("", test_all), ("_rel4", test_good)):
+        for k in ks:
+            acc = {"precision": [], "recall": [], "f1": [], "ndcg": [], "hit_rate": [], "map": []}
+            for row, u in enumerate(users):
+                rel = relevant.get(u)
+                if not rel:
+                    continue
+                hits = np.array([m in rel for m in tops[row, :k]], float)
+                h = hits.sum()
+                p, r = h / k, h / len(rel)
+                acc["precision"].append(p); acc["recall"].append(r)
+                acc["f1"].append(2 * p * r / (p + r) if h else 0.0)
+                disc = 1.0 / np.log2(np.arange(2, k + 2))
+                acc["ndcg"].append((hits * disc).sum() / disc[:min(k, len(rel))].sum())
+                acc["hit_rate"].append(float(h > 0))
+                prec_at = np.cumsum(hits) / np.arange(1, k + 1)
+                acc["map"].append((prec_at * hits).sum() / min(k, len(rel)))
+            for name, values in acc.items():
+                out[f"{name}@{k}{variant}"] = float(np.mean(values)) if values else float("nan")
+    return out, users, tops
+
+
+def beyond_accuracy(tops10: np.ndarray, data: Data) -> dict:
+    genres = [set(g.split("|")) if g else set() for g in data.movies.genres.fillna("")]
+    pairs = []
+    for row in tops10:
+        d = [1 - len(genres[a] & genres[b]) / max(1, len(genres[a] | genres[b]))
+             for i, a in enumerate(row) for b in row[i + 1:]]
+        pairs.append(np.mean(d))
+    raters = data.train.groupby("m").u.nunique().reindex(range(data.n_movies), fill_value=0).to_numpy()
+    share = np.maximum(raters, 1) / max(1, data.n_users)
+    return {"coverage@10": float(len(np.unique(tops10)) / data.n_movies),
+            "diversity@10": float(np.mean(pairs)),
+            "novelty@10": float(np.mean(-np.log2(share[tops10])))}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def baselines(include_slow: bool = True) -> list[Recommender]:
+    out = [GlobalMean(), Bias(), Popularity(), NeighbourCF(user_based=True), NeighbourCF(user_based=False),
+           SurpriseModel("SVD")]
+    if include_slow:
+        out += [SurpriseModel("SVD++"), SparkALS()]
+    return out
+
+
+def evaluate(prepared: str | Path, model_dirs: dict[str, str | Path], report_dir: str | Path,
+             include_slow: bool = True) -> dict:
+    """Evaluate the trained model(s) and every baseline; write metrics.json, report.md, plots."""
+    data = load_data(prepared)
+    recs: list[Recommender] = [TrainedRatingModel(d, label) for label, d in model_dirs.items()]
+    recs += baselines(include_slow)
+    results: dict[str, dict] = {}
+    tops10: dict[str, np.ndarray] = {}
+    for rec in recs:
+        t0 = time.time()
+        rec.fit(data)
+        fit_s = time.time() - t0
+        row: dict = {"fit_seconds": round(fit_s, 2)}
+        if rec.rates:
+            row["test"] = rating_metrics(rec, data.test, data.rating_min, data.rating_max)
+            for name, df in data.cold.items():
+                row[name] = rating_metrics(rec, df, data.rating_min, data.rating_max)
+        if rec.ranks:
+            rank, users, tops = ranking_metrics(rec, data)
+            row["ranking"] = rank
+            row.update(beyond_accuracy(tops[:, :10], data))
+            tops10[rec.label] = tops[:, :10]
+        results[rec.label] = row
+        _log(f"{rec.label}: " + (f"RMSE {row['test']['rmse']:.4f} " if "test" in row else "")
+             + (f"NDCG@10 {row['ranking']['ndcg@10']:.4f} " if "ranking" in row else "") + f"({fit_s:.1f}s fit)")
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {"prepared": str(prepared), "protocol": __doc__.split("Protocol")[1].split("Every recommender")[0].strip(),
+               "results": results}
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_report(report_dir, results, data, recs, tops10)
+    return metrics
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender], tops10: dict) -> None:
+    lines = ["# Evaluation report", "", f"Test ratings: {len(data.test):,}; users with test ratings: "
+             f"{data.test.u.nunique():,}; catalog: {data.n_movies:,} movies.", "",
+             "| recommender | RMSE | MAE | P@10 | R@10 | NDCG@10 | HR@10 | MAP@10 | NDCG@10 (>=4) | coverage | diversity | novelty |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results.items():
+        t = r.get("test", {}); k = r.get("ranking", {})
+        lines.append(f"| {label} | {_fmt(t.get('rmse'))} | {_fmt(t.get('mae'))} | {_fmt(k.get('precision@10'))} | "
+                     f"{_fmt(k.get('recall@10'))} | {_fmt(k.get('ndcg@10'))} | {_fmt(k.get('hit_rate@10'))} | "
+                     f"{_fmt(k.get('map@10'))} | {_fmt(k.get('ndcg@10_rel4'))} | {_fmt(r.get('coverage@10'))} | "
+                     f"{_fmt(r.get('diversity@10'))} | {_fmt(r.get('novelty@10'))} |")
+    for cold in ("cold_users", "cold_movies"):
+        if any(cold in r for r in results.values()):
+            lines += ["", f"{cold} RMSE: " + ", ".join(f"{label} {_fmt(r[cold]['rmse'])}"
+                                                       for label, r in results.items() if cold in r)]
+    lines += ["", "Plots: loss.png, topk.png, genres.png, data.png"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plots(out, results, data, recs, tops10)
+
+
+def _plots(out: Path, results: dict, data: Data, recs: list[Recommender], tops10: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rec in recs:
+        hist = getattr(rec, "history", None)
+        if hist:
+            ax.plot([h["epoch"] for h in hist], [h["train_rmse"] for h in hist], label=f"{rec.label} train")
+            ax.plot([h["epoch"] for h in hist], [h["valid_rmse"] for h in hist], "--", label=f"{rec.label} valid")
+    ax.set_xlabel("epoch"); ax.set_ylabel("RMSE"); ax.legend(fontsize=7); fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=110); plt.close(fig)
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for ax, metric in zip(axes, ("precision", "recall", "f1", "ndcg")):
+        for label, r in results.items():
+            if "ranking" in r:
+                ax.plot(KS, [r["ranking"][f"{metric}@{k}"] for k in KS], marker="o", label=label)
+        ax.set_title(f"{metric}@K"); ax.set_xlabel("K")
+    axes[0].legend(fontsize=6); fig.tight_layout(); fig.savefig(out / "topk.png", dpi=110); plt.close(fig)
+
+    genre_of = data.movies.genres.fillna("").str.split("|")
+    def dist(movie_rows):
+        s = genre_of.iloc[np.asarray(movie_rows).reshape(-1)].explode()
+        s = s[s != ""]
+        return s.value_counts(normalize=True)
+    hist = dist(data.train.m.to_numpy())
+    fig, ax = plt.subplots(figsize=(10, 4))
+    frame = pd.DataFrame({"history": hist})
+    for label, tops in list(tops10.items())[:3]:
+        frame[label] = dist(tops)
+    frame.fillna(0).plot.bar(ax=ax); ax.set_ylabel("share"); fig.tight_layout()
+    fig.savefig(out / "genres.png", dpi=110); plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    data.train.rating.plot.hist(ax=axes[0], bins=np.arange(0.25, 5.8, 0.5)); axes[0].set_title("ratings")
+    per_genre = genre_of.iloc[data.train.m.to_numpy()].explode()
+    per_genre[per_genre != ""].value_counts().plot.bar(ax=axes[1]); axes[1].set_title("ratings per genre")
+    data.movies.year.dropna().astype(int).plot.hist(ax=axes[2], bins=30); axes[2].set_title("movies per release year")
+    fig.tight_layout(); fig.savefig(out / "data.png", dpi=110); plt.close(fig)
