@@ -127,6 +127,7 @@ class ModelConfig:
     title_filters: int = 16  # convolution filters per kernel height
     dropout: float = 0.2
     l2: float = 1e-5
+    embedding_l2: float = 0.0  # per-example L2 on looked-up embedding rows (MF-style)
     id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m  # L2 weight on embeddings and dense kernels (per example)
     retrieval_weight: float = 0.0  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1

@@ -41,6 +41,7 @@ class _Tower(keras.layers.Layer):
                 continue
             self.embeddings[f["name"]] = keras.layers.Embedding(
                 f["vocab_size"], cfg.embedding_dim, embeddings_regularizer=_reg(cfg), name=f"{f['name']}_embedding")
+        self.embedding_l2 = cfg.embedding_l2
         self.hidden = [keras.layers.Dense(n, activation="relu", kernel_regularizer=_reg(cfg), name=f"hidden_{i}")
                        for i, n in enumerate(cfg.hidden_units)]
         self.dropout = keras.layers.Dropout(cfg.dropout)
@@ -56,6 +57,9 @@ class _Tower(keras.layers.Layer):
 
     def _embed(self, f: dict, ids: tf.Tensor) -> tf.Tensor:
         emb = self.embeddings[f["name"]](ids)
+        if self.embedding_l2 > 0 and not f["shape"]:
+            # per-example L2 on the rows looked up (matrix-factorisation style regularisation)
+            self.add_loss(self.embedding_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(emb), axis=-1)))
         if f["shape"]:  # a padded list (genres): mean over non-padding entries
             mask = tf.cast(tf.not_equal(ids, f["pad_id"]), emb.dtype)[..., None]
             return tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
