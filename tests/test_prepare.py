@@ -167,3 +167,29 @@ def test_job_reports_missing_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: raw data directory not found: {tmp_path}/nowhere " \
                                   "(run `recsys data fetch ml-100k` or set paths.raw)"
+
+
+HOSTILE = ["1::2::3::4", "1::2::3", "1::2::3::4::5", "::2::3::4", "x::2::3::4", "-1::2::3::4", "1::-2::3::4",
+           "1::2::::4", "1::2::abc::4", "1::2::nan::4", "1::2::inf::4", "1::2::3::", "1::2::3::-5", "1::2::3::abc",
+           "1::2::3.5::4.0", " 1 :: 2 :: 3 :: 4 ", "3.0::2::3::4", "1,2,3,4", "\ufeff1::2::3::4", "1::2::3::1e12"]
+
+
+@pytest.mark.parametrize("fmt, sep", [("ml-1m", "::"), ("ml-100k", "\t"), ("ml-latest", ","), ("recbole", "\t")])
+def test_native_rating_parser_agrees_with_python_parser(spark, tmp_path, fmt, sep):
+    from recsys.datasets.formats import FORMATS, HEADER, RowError, decode_line
+    from recsys.prepare.reading import parse_ratings_native, read_lines
+
+    lines = [l.replace("::", sep) for l in HOSTILE]
+    path = write(tmp_path / "r.txt", "\n".join(lines) + "\n")
+    got = parse_ratings_native(read_lines(spark, str(path)), fmt).collect()
+    assert len(got) == len(lines)
+    parse = FORMATS[fmt].parsers["ratings"]
+    for line, row in zip(lines, got):
+        try:
+            out = parse(decode_line(line.encode("utf-8")))
+            want = ("header", None) if out is HEADER else ("ok", None)
+        except RowError as err:
+            want = ("rejected", err.reason)
+        assert (row["status"], row["reason"]) == want, line
+        if want[0] == "ok":
+            assert (row["user_id"], row["movie_id"], row["rating"], row["timestamp"]) == tuple(out), line

@@ -43,12 +43,18 @@ def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: fl
     df = df.join(F.broadcast(known_m), "movie_id", "left")
     df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_movie_known").isNull(),
                                         F.lit("unknown_movie")).otherwise(F.col("reason"))).drop("_movie_known")
-    # duplicates among rows still kept
+    # Duplicates among rows still kept. Most pairs occur once, so find the repeated pairs
+    # with a cheap aggregation first and rank (sort) only the rows of those pairs.
     alive = F.col("reason").isNull()
-    w = Window.partitionBy("user_id", "movie_id", alive.alias("_alive")).orderBy(
-        F.col("timestamp").desc(), F.col("rating").desc(), F.col("text"))
-    df = df.withColumn("_rn", F.when(alive, F.row_number().over(w)))
-    df = df.withColumn("reason", F.when(F.col("_rn") > 1, F.lit("duplicate")).otherwise(F.col("reason"))).drop("_rn")
+    repeated = (df.filter(alive).groupBy("user_id", "movie_id").count().filter(F.col("count") > 1)
+                .select("user_id", "movie_id", F.lit(True).alias("_repeated")))
+    df = df.join(repeated, ["user_id", "movie_id"], "left")
+    contested = alive & F.col("_repeated").isNotNull()
+    w = Window.partitionBy("user_id", "movie_id").orderBy(F.col("timestamp").desc(), F.col("rating").desc(),
+                                                          F.col("text"))
+    ranked = df.filter(contested).withColumn(
+        "reason", F.when(F.row_number().over(w) > 1, F.lit("duplicate")).otherwise(F.col("reason")))
+    df = df.filter(~contested).unionByName(ranked).drop("_repeated")
     if min_per_movie > 0:
         counts = df.filter(F.col("reason").isNull()).groupBy("movie_id").agg(F.count("*").alias("_n"))
         df = df.join(counts, "movie_id", "left").withColumn(
