@@ -24,7 +24,6 @@ import json
 import shutil
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 

@@ -104,11 +104,9 @@ def verify_shards(prepared: Path, splits: dict, names: tuple[str, ...]) -> None:
             path = prepared / shard["path"]
             if not path.is_file():
                 raise ArtifactError(f"shard {path} listed in the manifest is missing")
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-            if digest.hexdigest() != shard["sha256"]:
+            from recsys.checksums import sha256_file
+
+            if sha256_file(path) != shard["sha256"]:
                 raise ArtifactError(f"shard {path} is corrupt: sha256 differs from manifest.json "
                                     "(re-run prepare, or restore the file)")
 

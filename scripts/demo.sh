@@ -10,19 +10,22 @@ export PYSPARK_PYTHON="$PWD/.venv/bin/python"
 export PATH="$PWD/.venv/bin:$PATH"   # spark-submit, horovodrun and python from the venv
 step() { printf '\n==> %s\n' "$*"; }
 
-step "1/5 fetch MovieLens-100K (data/raw/ml-100k)"
+step "1/6 fetch MovieLens-100K (data/raw/ml-100k)"
 recsys data fetch ml-100k
 
-step "2/5 Spark prepare: spark-submit jobs/prepare.py --config $CONFIG"
+step "2/6 Spark prepare: spark-submit jobs/prepare.py --config $CONFIG"
 spark-submit jobs/prepare.py --config "$CONFIG" 2> >(grep --line-buffered -E '^\[prepare\]|^error' >&2)
 
-step "3/5 Horovod training: horovodrun -np $RANKS python train.py --config $CONFIG"
+step "3/6 Horovod training: horovodrun -np $RANKS python train.py --config $CONFIG"
 horovodrun -np "$RANKS" python train.py --config "$CONFIG" 2>&1 | grep --line-buffered -E '\[train\]|error' | sed -u -E 's/^\[[0-9]+\]<std(err|out)>://'
 
-step "4/5 export vectors and build FAISS indexes"
+step "4/6 export vectors and build FAISS indexes"
 python jobs/export.py --config "$CONFIG"
 python jobs/build_index.py --config "$CONFIG"
 
-step "5/5 recommendations from the FAISS index"
+step "5/6 evaluation against the baselines on the same split (runs/ml-100k/report)"
+recsys evaluate --config "$CONFIG" --fast 2> >(grep --line-buffered -E '^\[evaluate\]|^error' >&2)
+
+step "6/6 recommendations from the FAISS index"
 recsys recommend --config "$CONFIG" --user 42 -k 10
 recsys similar --config "$CONFIG" --movie 1 -k 10

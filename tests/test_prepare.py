@@ -1,6 +1,5 @@
 """The Spark prepare job on small hand-made and synthetic inputs (one SparkSession here)."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from recsys.config import load_config
 from recsys.datasets.synth import generate
 from recsys.errors import DataError
 from recsys.features import OOV_ID, Vocabularies
-from recsys.prepare.job import load_manifest, run_prepare
+from recsys.prepare.job import run_prepare
 from recsys.prepare.tfrecords import read_shards
 from tests.conftest import ROOT, write
 
@@ -115,7 +114,7 @@ def test_shards_read_back_exactly_and_repeatably(spark, synth_raw, tmp_path):
 @pytest.mark.parametrize("strategy", ["random", "user_stratified", "temporal"])
 def test_split_strategies(spark, synth_raw, tmp_path, strategy):
     out = tmp_path / "p"
-    m = run_prepare(_cfg(synth_raw, out, f"prepare.split.strategy={strategy}", "prepare.split.test_fraction=0.25"), spark)
+    run_prepare(_cfg(synth_raw, out, f"prepare.split.strategy={strategy}", "prepare.split.test_fraction=0.25"), spark)
     train, test = pd.read_parquet(out / "ratings_train"), pd.read_parquet(out / "ratings_test")
     assert len(train) + len(test) == 6000
     assert abs(len(test) / 6000 - 0.25) < 0.03

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import shutil
 import sys
@@ -28,6 +27,7 @@ import pandas as pd
 from recsys import __version__
 from recsys.config import Config
 from recsys.datasets.formats import FORMATS, TABLES, detect_format, resolve_file
+from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError, DataError
 from recsys.features import FeatureEncoder, build_vocabularies
 from recsys.prepare import cleaning, reading, splitting, tfrecords
@@ -47,14 +47,6 @@ class _Log:
         print(f"[prepare] {stage:9s} {msg} ({now - self.last:.1f}s, total {now - self.started:.1f}s)",
               file=sys.stderr, flush=True)
         self.last = now
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _input_files(cfg: Config) -> tuple[str, dict[str, Path | None]]:

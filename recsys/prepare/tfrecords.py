@@ -11,7 +11,6 @@ tensors of the shapes the feature spec states.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -81,13 +80,12 @@ def shard_writer(split: str, out_dir: str, spec_features: list[dict], examples_p
             if pending_n:
                 cols = {k: np.concatenate(v) for k, v in pending.items()}
                 flush(writer, cols, pending_n)
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        from recsys.checksums import sha256_file
+
+        digest = sha256_file(path)
         yield pa.RecordBatch.from_pylist(
             [{"split": split, "shard": index, "path": f"{split}/{shard_name(index)}", "records": records,
-              "examples": examples, "sha256": digest.hexdigest()}],
+              "examples": examples, "sha256": digest}],
             schema=pa.schema([("split", pa.string()), ("shard", pa.int32()), ("path", pa.string()),
                               ("records", pa.int64()), ("examples", pa.int64()), ("sha256", pa.string())]),
         )
