@@ -6,30 +6,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recsys.entrypoint import run_job  # noqa: E402
+
+
+def build(cfg, args) -> None:
+    from recsys.serving import build_serving_dir
+
+    build_serving_dir(cfg)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/build_index.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="conf/ml-100k.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    from recsys.config import load_config
-    from recsys.errors import RecsysError
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from recsys.serving import build_serving_dir
-
-        build_serving_dir(cfg)
-    except RecsysError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job("jobs/build_index.py", __doc__.split("\n")[0], build, argv)
 
 
 if __name__ == "__main__":

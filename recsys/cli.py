@@ -192,13 +192,11 @@ def evaluate_cmd(config_path, overrides, fast):
     from recsys.evaluation import evaluate
 
     cfg = load_config(config_path, overrides)
-    metrics = evaluate(cfg.paths.prepared, {"rating network (ours)": cfg.paths.model}, cfg.paths.report,
-                       include_slow=not fast)
     from pathlib import Path
 
+    evaluate(cfg.paths.prepared, {"rating network (ours)": cfg.paths.model}, cfg.paths.report, include_slow=not fast)
     click.echo((Path(cfg.paths.report) / "report.md").read_text())
     click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
-    del metrics
 
 
 # ------------------------------------------------------------------ serving

@@ -281,16 +281,12 @@ class TrainedRatingModel(Recommender):
         self.model_dir, self.label = model_dir, label
 
     def fit(self, data):
-        from recsys.export import ENC, TrainedModel
+        from recsys.export import TrainedModel
+        from recsys.features import encoded_columns
 
         tm = TrainedModel(self.model_dir)
-
-        def cols(frame, names):
-            return {n: (np.stack(frame[ENC + n].to_numpy()) if frame[ENC + n].dtype == object
-                        else frame[ENC + n].to_numpy()).astype(np.int64) for n in names}
-
-        self.U, self.bu = tm.user_vectors(cols(data.users, tm.tower_names("user")))
-        self.V, self.bm = tm.movie_vectors(cols(data.movies, tm.tower_names("movie")))
+        self.U, self.bu = tm.user_vectors(encoded_columns(data.users, tm.tower_names("user")))
+        self.V, self.bm = tm.movie_vectors(encoded_columns(data.movies, tm.tower_names("movie")))
         self.mu = tm.mu
         self.history = tm.info.get("history", [])
         return self

@@ -26,8 +26,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError  # noqa: E402
+from recsys.features import ENC, encoded_columns  # noqa: E402
 
-ENC = "enc_"
 
 
 def _log(msg: str) -> None:
@@ -87,14 +87,6 @@ class TrainedModel:
         return m.numpy().astype(np.float32), b.numpy().astype(np.float32)
 
 
-def _encoded_columns(frame, names: list[str]) -> dict[str, np.ndarray]:
-    out = {}
-    for name in names:
-        col = frame[ENC + name].to_numpy()
-        out[name] = np.stack(col).astype(np.int64) if col.dtype == object else col.astype(np.int64)
-    return out
-
-
 def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str], fn, version: str,
                    batch: int) -> int:
     import pyarrow as pa
@@ -106,7 +98,7 @@ def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str],
     try:
         for rb in source.iter_batches(batch_size=batch, columns=[id_name] + [ENC + n for n in names]):
             frame = rb.to_pandas()
-            vec, bias = fn(_encoded_columns(frame, names))
+            vec, bias = fn(encoded_columns(frame, names))
             dim = vec.shape[1]
             table = pa.table({
                 id_name: pa.array(frame[id_name].to_numpy(np.int64)),
@@ -128,7 +120,7 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
     """Write users/movies vectors for every prepared user and movie; returns vectors.json."""
     prepared, out = Path(prepared_dir), Path(out_dir)
     trained = TrainedModel(model_dir)
-    manifest_sha = hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()
+    manifest_sha = sha256_file(prepared / "manifest.json")
     if manifest_sha != trained.info["manifest_sha256"]:
         raise ArtifactError(f"{prepared}/manifest.json differs from the one {model_dir} was trained on; "
                             "export with the prepared data the model was trained on")

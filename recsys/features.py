@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
+ENC = "enc_"  # prefix of the encoded feature columns in the prepared users/movies Parquet tables
 
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
 _TOKEN = re.compile(r"[0-9a-zà-öø-ÿ]+(?:'[a-z]+)?")
@@ -248,6 +249,17 @@ class FeatureEncoder:
             cat("title_words", "movie", [self.title_length]), cat("year_bucket", "movie"),
             FeatureDef("rating", "float32", [], tower="label"),
         ])
+
+
+def encoded_columns(frame, names: list[str]) -> dict:
+    """The ``enc_<name>`` columns of a prepared users/movies table as int64 arrays ([N] or [N, L])."""
+    import numpy as np
+
+    out = {}
+    for name in names:
+        col = frame[ENC + name].to_numpy()
+        out[name] = np.stack(col).astype(np.int64) if col.dtype == object else col.astype(np.int64)
+    return out
 
 
 def build_vocabularies(users: Iterable[dict], movies: Iterable[dict], settings: dict,

@@ -32,7 +32,7 @@ import pandas as pd
 
 from recsys.errors import ArtifactError, RecsysError
 from recsys.export import load_vectors, sha256_file
-from recsys.indexing import build_index, movie_items, normalize, user_queries
+from recsys.indexing import build_index, movie_items, normalize, set_search_param, user_queries
 
 INDEX_JSON = "index.json"
 _FILES = ("movies_ip.faiss", "users_ip.faiss", "movies_cos.faiss", "movies.parquet", "users.parquet",
@@ -136,7 +136,9 @@ class Recommender:
         self._bu = users["b_u"].to_numpy(np.float32)
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
         self._user_row = {int(v): i for i, v in enumerate(users["user_id"])}
-        self._seen = seen
+        # seen movies as catalog rows, mapped once here rather than on every query
+        self._seen = {u: np.array([self._movie_row[m] for m in ids if m in self._movie_row], np.int64)
+                      for u, ids in seen.items()}
         self._model_dir = model_dir
         self._model = None
         self._encoder = None
@@ -175,7 +177,7 @@ class Recommender:
                 raise ArtifactError(f"{d / entry['file']} holds {index.ntotal} x {index.d} vectors; "
                                     f"{info_path} says {entry['count']} x {entry['vectors']}")
             for pname, value in entry["search_params"].items():
-                faiss.ParameterSpace().set_index_parameter(index, pname, value)
+                set_search_param(index, pname, value)
             indexes[name] = index
         movies = pd.read_parquet(d / "movies.parquet")
         users = pd.read_parquet(d / "users.parquet")
@@ -222,8 +224,7 @@ class Recommender:
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
         """Top-k movies for a known user, by predicted rating; seen movies excluded by default."""
         row = self._user(user_id)
-        seen = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
-        seen_rows = np.array([self._movie_row[m] for m in seen if m in self._movie_row], np.int64)
+        seen_rows = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
         k = self._check_k(k, len(self._m))
         rows, scores = self._search_movies(np.append(self._u[row], 1.0), k, seen_rows)
         return self._movie_rows(rows, self.mu + self._bu[row] + scores, as_frame)

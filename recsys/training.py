@@ -13,7 +13,6 @@ never leave one rank waiting in an allreduce. Runs as plain ``python train.py`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -94,18 +93,20 @@ def _warmup_class():
 
 
 def manifest_checksum(prepared: Path) -> str:
-    return hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()
+    from recsys.checksums import sha256_file
+
+    return sha256_file(prepared / "manifest.json")
 
 
 def verify_shards(prepared: Path, splits: dict, names: tuple[str, ...]) -> None:
-    """Check every shard of ``names`` against the manifest's size-independent sha256."""
+    """Check every shard of ``names`` exists and matches the sha256 recorded in the manifest."""
+    from recsys.checksums import sha256_file
+
     for name in names:
         for shard in splits.get(name, {}).get("shards", []):
             path = prepared / shard["path"]
             if not path.is_file():
                 raise ArtifactError(f"shard {path} listed in the manifest is missing")
-            from recsys.checksums import sha256_file
-
             if sha256_file(path) != shard["sha256"]:
                 raise ArtifactError(f"shard {path} is corrupt: sha256 differs from manifest.json "
                                     "(re-run prepare, or restore the file)")

@@ -41,7 +41,7 @@ quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v -e 'is ignored: it is neither a file
 quiet_pip install -q --upgrade pip wheel "setuptools<76"
 PLAIN=$(mktemp); trap 'rm -f "$PLAIN"' EXIT
 grep -Ev '^\s*(#|$)' requirements.txt > "$PLAIN"
-say "installing the pinned stack from requirements.txt (first run downloads about 1 GB)"
+say "installing the pinned stack from requirements.txt (the first run downloads about 800 MB of wheels)"
 quiet_pip install -q -r "$PLAIN"
 NODEPS=$(sed -n 's/^#nodeps //p' requirements.txt)
 [ -z "$NODEPS" ] || quiet_pip install -q --no-deps $NODEPS
@@ -61,7 +61,7 @@ PY
 if ! have_hvd; then
   WHEEL=$(ls "$CACHE_DIR"/horovod-"$HVD_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$WHEEL" ]; then
-    say "building Horovod $HVD_VERSION against TensorFlow $TF_VERSION with Gloo (2 to 5 minutes, once; cached in $CACHE_DIR)"
+    say "building Horovod $HVD_VERSION against TensorFlow $TF_VERSION with Gloo (about 4 minutes on 2 cores, once; cached in $CACHE_DIR)"
     mkdir -p "$CACHE_DIR"
     BUILD_LOG="$CACHE_DIR/build.log"
     # Gloo controller and CPU ops, no MPI/PyTorch/MXNet. CMAKE_POLICY_VERSION_MINIMUM lets a

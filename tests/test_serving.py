@@ -58,14 +58,15 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> np.ndar
     """Brute force: the trained model's full forward pass on every (user, movie) pair."""
     import tensorflow as tf
 
-    from recsys.export import ENC, TrainedModel
+    from recsys.export import TrainedModel
+    from recsys.features import encoded_columns
 
     tm = TrainedModel(cfg.paths.model)
     out = np.empty((len(user_rows), len(movies)), np.float32)
-    mcols = {n: np.stack(movies[ENC + n].to_numpy()) if movies[ENC + n].dtype == object else movies[ENC + n].to_numpy()
-             for n in tm.tower_names("movie")}
-    for i, (_, u) in enumerate(user_rows.iterrows()):
-        x = {n: tf.constant(np.repeat(u[ENC + n], len(movies)), tf.int64) for n in tm.tower_names("user")}
+    mcols = encoded_columns(movies, tm.tower_names("movie"))
+    ucols = encoded_columns(user_rows, tm.tower_names("user"))
+    for i in range(len(user_rows)):
+        x = {n: tf.constant(np.repeat(v[i], len(movies)), tf.int64) for n, v in ucols.items()}
         x.update({n: tf.constant(v, tf.int64) for n, v in mcols.items()})
         out[i] = tm.model(x, training=False).numpy()
     return out

@@ -8,14 +8,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-# Reasons, in the order the rules apply (the manifest lists counts under these names).
-RATING_REASONS = (
-    "wrong_field_count", "unparsable", "missing_field", "bad_id", "bad_rating", "bad_timestamp",
-    "rating_out_of_scale", "unknown_user", "unknown_movie", "duplicate",
-    "movie_below_min_ratings", "user_below_min_ratings",
-)
-
-
 def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: float,
                   min_per_movie: int, min_per_user: int):
     """Add a ``reason`` column to parsed ratings (null: kept). Header lines are removed.

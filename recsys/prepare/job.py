@@ -29,12 +29,11 @@ from recsys.config import Config
 from recsys.datasets.formats import FORMATS, TABLES, detect_format, resolve_file
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError, DataError
-from recsys.features import FeatureEncoder, build_vocabularies
+from recsys.features import ENC, FeatureEncoder, build_vocabularies
 from recsys.prepare import cleaning, reading, splitting, tfrecords
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-ENC = "enc_"  # prefix of the encoded feature columns in users.parquet / movies.parquet
 
 
 class _Log:

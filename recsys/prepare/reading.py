@@ -1,10 +1,12 @@
 """Raw MovieLens files -> parsed Spark DataFrames, one status per line.
 
 Lines are read by Spark's CSV reader configured to split only on line ends and decode as
-ISO-8859-1, which maps every byte to one character and so loses nothing; each line is
-then re-decoded (UTF-8 first, then the format's legacy encoding) and parsed by the same
-parser the pandas readers use (:mod:`recsys.datasets.formats`), vectorised per Arrow
-batch with ``mapInArrow``. Nothing is dropped here: a line is ``ok``, ``header`` or
+ISO-8859-1, which maps every byte to one character and so loses nothing. Users and movies
+lines are then re-decoded (UTF-8 first, then the format's legacy encoding) and parsed by
+the same parsers the pandas readers use (:mod:`recsys.datasets.formats`), per Arrow batch
+with ``mapInArrow``. Ratings lines (all numbers, the bulk of the data) are parsed with
+Spark column functions by the same rules and reasons (:func:`parse_ratings_native`; a test
+checks the two agree). Nothing is dropped here: a line is ``ok``, ``header`` or
 ``rejected`` with a reason.
 """
 

@@ -1,0 +1,32 @@
+"""The shared shape of every job script: ``--config`` and ``--set``, one ``error:`` line on a user mistake."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def run_job(prog: str, description: str, body: Callable, argv: list[str] | None = None,
+            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse ``--config``/``--set`` (plus ``add_arguments``), load the config, run ``body(cfg, args)``.
+
+    Returns the process exit status: 0, or 2 after printing ``error: ...`` for a RecsysError.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default="conf/ml-100k.yaml", help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    from recsys.config import load_config
+    from recsys.errors import RecsysError
+
+    try:
+        body(load_config(args.config, args.overrides), args)
+    except RecsysError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
