@@ -97,8 +97,9 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
 def test_every_user_top10_equals_numpy_brute_force(rec):
     """All 943 users: FAISS Flat top-10 == numpy scoring of every unseen movie with the exported vectors."""
     scores = rec.mu + rec._bu[:, None] + rec._bm[None, :] + rec._u @ rec._m.T
+    seen_by_user = pd.read_parquet(rec.directory / "seen.parquet").groupby("user_id").movie_id.apply(np.array)
     for row, user_id in enumerate(rec.users.user_id):
-        seen = rec._seen.get(int(user_id), np.empty(0))
+        seen = seen_by_user.get(int(user_id), np.empty(0))
         mask = np.isin(rec.movies.movie_id.to_numpy(), seen)
         s = np.where(mask, -np.inf, scores[row])
         top = np.argsort(-s, kind="stable")[:10]
