@@ -382,4 +382,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     cfg = _build(Config, data, "", where)
     cfg.source = where
     _validate(cfg, where)
+    _resolve_paths(cfg.paths, where)
     return cfg
+
+
+def _resolve_paths(paths: PathsConfig, where: str) -> None:
+    """Make every ``paths.*`` absolute (against the working directory, ``~`` expanded).
+
+    Spark executors and Horovod ranks may run in other working directories (a cluster pod's
+    work dir is not the driver's), so no stage is handed a relative path.
+    """
+    for f in dataclasses.fields(paths):
+        value = getattr(paths, f.name)
+        if not value.strip():
+            raise ConfigError(f"{where}: paths.{f.name} is empty; give a directory")
+        if "\0" in value:
+            raise ConfigError(f"{where}: paths.{f.name} contains a NUL byte: {value!r}")
+        setattr(paths, f.name, os.path.abspath(os.path.expanduser(value)))

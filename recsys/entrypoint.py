@@ -17,6 +17,8 @@ def run_job(prog: str, description: str, body: Callable, argv: list[str] | None 
     parser.add_argument("--config", default="conf/ml-100k.yaml", help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the arguments and the config, print the resolved paths, run nothing")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -25,7 +27,12 @@ def run_job(prog: str, description: str, body: Callable, argv: list[str] | None 
     from recsys.errors import RecsysError
 
     try:
-        body(load_config(args.config, args.overrides), args)
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            paths = ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["paths"].items())
+            print(f"{prog}: dry run, config {cfg.source} is valid; {paths}")
+            return 0
+        body(cfg, args)
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

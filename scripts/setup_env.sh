@@ -3,12 +3,15 @@
 # Idempotent: a second run with unchanged pins takes seconds. The Horovod wheel is cached
 # outside the repo in $RECSYS_WHEEL_CACHE (default ~/.cache/recsys/wheels), keyed by the
 # TensorFlow version it was built against.
+# RECSYS_GPU=1 (the GPU image, docker/Dockerfile.gpu) installs tensorflow[and-cuda] at the
+# pinned TensorFlow version instead of tensorflow-cpu and builds Horovod with NCCL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 WHEEL_CACHE=${RECSYS_WHEEL_CACHE:-$HOME/.cache/recsys/wheels}
+GPU=${RECSYS_GPU:-0}
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -41,6 +44,10 @@ quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v -e 'is ignored: it is neither a file
 quiet_pip install -q --upgrade pip wheel "setuptools<76"
 PLAIN=$(mktemp); trap 'rm -f "$PLAIN"' EXIT
 grep -Ev '^\s*(#|$)' requirements.txt > "$PLAIN"
+if [ "$GPU" = 1 ]; then
+  # same TensorFlow version, CUDA build (pulls the CUDA/cuDNN/NCCL wheels)
+  sed -i 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' "$PLAIN"
+fi
 say "installing the pinned stack from requirements.txt (the first run downloads about 800 MB of wheels)"
 quiet_pip install -q -r "$PLAIN"
 NODEPS=$(sed -n 's/^#nodeps //p' requirements.txt)
@@ -51,7 +58,11 @@ HVD_PIN=$(sed -n 's/^#build \(horovod==.*\)$/\1/p' requirements.txt)
 HVD_VERSION=${HVD_PIN#horovod==}
 TF_VERSION=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null \
   || "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow"))')
-CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311"
+if [ "$GPU" = 1 ]; then
+  CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311-nccl"; GPU_OPS=(HOROVOD_GPU_OPERATIONS=NCCL)
+else
+  CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311"; GPU_OPS=(-u HOROVOD_GPU_OPERATIONS)
+fi
 have_hvd() { "$VENV/bin/python" - "$HVD_VERSION" <<'PY' >/dev/null 2>&1
 import sys, importlib.metadata as m
 assert m.version("horovod") == sys.argv[1]
@@ -65,8 +76,9 @@ if ! have_hvd; then
     mkdir -p "$CACHE_DIR"
     BUILD_LOG="$CACHE_DIR/build.log"
     # Gloo controller and CPU ops, no MPI/PyTorch/MXNet. CMAKE_POLICY_VERSION_MINIMUM lets a
-    # CMake 4 accept Horovod's bundled gloo; HOROVOD_GPU_OPERATIONS stays unset for CPU builds.
-    if ! env -u HOROVOD_GPU_OPERATIONS HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 \
+    # CMake 4 accept Horovod's bundled gloo; HOROVOD_GPU_OPERATIONS is NCCL for the GPU
+    # image and unset otherwise (this machine's nvcc would be picked up otherwise).
+    if ! env "${GPU_OPS[@]}" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 \
         HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
         CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" PATH="$PWD/$VENV/bin:$PATH" \
         "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary horovod "$HVD_PIN" -w "$CACHE_DIR" > "$BUILD_LOG" 2>&1; then
@@ -87,6 +99,9 @@ quiet_pip install -q --no-deps --no-build-isolation -e .
 CHECK=$("$VENV/bin/horovodrun" --check-build 2>&1)
 echo "$CHECK" | grep -q '\[X\] TensorFlow' || { echo "$CHECK" >&2; die "horovodrun --check-build does not list TensorFlow"; }
 echo "$CHECK" | grep -q '\[X\] Gloo' || { echo "$CHECK" >&2; die "horovodrun --check-build does not list Gloo"; }
+if [ "$GPU" = 1 ]; then
+  echo "$CHECK" | grep -q '\[X\] NCCL' || { echo "$CHECK" >&2; die "horovodrun --check-build does not list NCCL (GPU build)"; }
+fi
 rm -f "$VENV"/.recsys-setup-*
 touch "$STAMP"
 say "ready: $VENV (TensorFlow $TF_VERSION, Horovod $HVD_VERSION with Gloo, Java $JAVA_MAJOR)"

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,21 @@ def test_shipped_configs_load_and_differ_only_where_they_say():
 
 def test_defaults_in_yaml_equal_defaults_in_code():
     # conf/default.yaml documents every knob; it must not drift from the dataclass defaults
-    assert load_config(ROOT / "conf/default.yaml").to_dict() == Config().to_dict()
+    loaded = load_config(ROOT / "conf/default.yaml").to_dict()
+    code = Config().to_dict()
+    # paths are made absolute at load time (against the working directory)
+    code["paths"] = {k: os.path.abspath(v) for k, v in code["paths"].items()}
+    assert loaded == code
+
+
+def test_paths_are_absolute_and_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "conf/ml-100k.yaml", ["paths.model=~/m", "paths.raw=in/raw"])
+    assert cfg.paths.raw == str(tmp_path / "in/raw")
+    assert cfg.paths.model == os.path.expanduser("~/m")
+    assert all(os.path.isabs(p) for p in cfg.paths.__dict__.values())
+    with pytest.raises(ConfigError, match="paths.vectors is empty"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["paths.vectors=' '"])
 
 
 def test_overrides_are_typed_and_nested():
