@@ -93,7 +93,7 @@ class Vocabulary:
         for v in values:
             if _missing(v) or v == "":
                 continue
-            key = str(v)
+            key = _key(v)
             counts[key] = counts.get(key, 0) + 1
         kept = [v for v, c in counts.items() if c >= min_count]
         return cls(name, sorted(kept, key=_sort_key))
@@ -106,7 +106,7 @@ class Vocabulary:
     def id(self, value) -> int:
         if _missing(value) or value == "":
             return OOV_ID
-        return self._index.get(str(value), OOV_ID)
+        return self._index.get(_key(value), OOV_ID)
 
     def ids(self, values: Iterable, length: int) -> list[int]:
         """Ids of ``values`` padded with ``PAD_ID`` or truncated to ``length``."""
@@ -117,7 +117,22 @@ class Vocabulary:
         return self.values[idx - FIRST_ID] if idx >= FIRST_ID else None
 
     def __contains__(self, value) -> bool:
-        return value is not None and str(value) in self._index
+        return value is not None and _key(value) in self._index
+
+
+def _key(value) -> str:
+    """The text form a value is stored under: an integral number is written without a
+    fraction, so id 1 read as int, numpy int64 or float 1.0 (a pandas column with a gap
+    becomes float) is the same key "1"."""
+    if isinstance(value, (bool, str)):
+        return str(value)
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if as_float.is_integer():
+        return str(int(as_float))
+    return str(value)
 
 
 def _sort_key(v: str):

@@ -108,6 +108,11 @@ def test_shards_read_back_exactly_and_repeatably(spark, synth_raw, tmp_path):
     # the shards hold exactly the rows of the Parquet copy
     pq = pd.read_parquet(a / "ratings_train")
     assert sorted(zip(pq.user_idx, pq.movie_idx)) == sorted(zip(data["user_id"], data["movie_id"]))
+    # every training user and movie has its own id: never OOV, one encoded id per raw id
+    for raw, enc in (("user_id", "user_idx"), ("movie_id", "movie_idx")):
+        assert (pq[enc] != OOV_ID).all(), f"training {raw}s encoded as OOV"
+        pairs = pq[[raw, enc]].drop_duplicates()
+        assert pairs[raw].is_unique and pairs[enc].is_unique
     assert ma["stats"]["train_rating_mean"] == pytest.approx(pq.rating.mean())
 
 

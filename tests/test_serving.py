@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from recsys.config import load_config
+from recsys.features import OOV_ID
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,18 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> np.ndar
         x.update({n: tf.constant(v, tf.int64) for n, v in mcols.items()})
         out[i] = tm.model(x, training=False).numpy()
     return out
+
+
+def test_real_ml100k_ids_are_encoded_one_to_one(served):
+    # every rated user and movie of the real files has its own embedding row (an id column
+    # read as float once sent them all to OOV: the model then learnt from attributes alone)
+    prepared = Path(served.paths.prepared)
+    train = pd.read_parquet(prepared / "ratings_train")
+    for raw, enc in (("user_id", "user_idx"), ("movie_id", "movie_idx")):
+        assert (train[enc] != OOV_ID).all()
+        assert train[raw].nunique() == train[enc].nunique() > 900
+    users = pd.read_parquet(prepared / "users.parquet")
+    assert users.user_id.dtype == np.int64 and users.enc_user_id.nunique() > 900
 
 
 def test_flat_top10_equals_brute_force_model_scoring(served, rec):

@@ -72,5 +72,7 @@ def clean_dimension(rows: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.Data
     dups = good[dup].copy()
     dups["reason"], dups["detail"] = "duplicate_id", dups[key].map(lambda v: f"{key}={v} seen before")
     kept = good[~dup].drop(columns=["status", "reason", "detail"]).reset_index(drop=True)
+    # a parsed line always has its id; a column with rejected (null) rows arrives as float
+    kept[key] = kept[key].astype("int64")
     rejected = pd.concat([rejected, dups], ignore_index=True)
     return kept, rejected

@@ -29,7 +29,7 @@ from recsys.config import Config
 from recsys.datasets.formats import FORMATS, TABLES, detect_format, resolve_file
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError, DataError
-from recsys.features import ENC, FeatureEncoder, build_vocabularies
+from recsys.features import ENC, OOV_ID, FeatureEncoder, build_vocabularies
 from recsys.prepare import cleaning, reading, splitting, tfrecords
 
 MANIFEST = "manifest.json"
@@ -175,6 +175,12 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     feature_spec = encoder.spec()
     users_enc = _encode_users(users, encoder)
     movies_enc = _encode_movies(movies, encoder)
+    # every id the model trains on has its own embedding row: none may encode to OOV
+    for table, frame, col, ids in (("users", users_enc, "user_id", train_users), ("movies", movies_enc, "movie_id", train_movies)):
+        lost = frame[frame[col].isin(ids) & (frame[ENC + col] == OOV_ID)]
+        if len(lost):
+            raise DataError(f"internal error: {len(lost):,} {table} with training ratings encode to the OOV id "
+                            f"(first: {lost[col].iloc[0]!r}); please report this")
     vocabs.save(out / "vocabularies.json")
     log("encode", ", ".join(f"{k} {v.size:,}" for k, v in vocabs.vocabs.items()))
 
