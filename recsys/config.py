@@ -141,6 +141,7 @@ class TrainConfig:
     batch_size: int = 1024  # examples per rank per step
     learning_rate: float = 0.002  # per rank; multiplied by the number of ranks
     warmup_epochs: float = 1.0  # linear warm-up to the scaled learning rate
+    lr_decay_per_epoch: float = 1.0  # after warm-up, the learning rate is multiplied by this every epoch
     shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
     early_stopping_patience: int = 3  # epochs without validation-RMSE improvement
     seed: int = 1
@@ -345,6 +346,7 @@ def _validate(cfg: Config, where: str) -> None:
         (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
         (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (0.0 < cfg.train.lr_decay_per_epoch <= 1.0, "train.lr_decay_per_epoch", "must be in (0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (cfg.model.output_dim >= 1 and cfg.model.embedding_dim >= 1, "model", "output_dim and embedding_dim must be at least 1"),
         (max(cfg.model.title_kernel_heights, default=0) <= cfg.prepare.features.title_length and

@@ -275,7 +275,8 @@ class SparkALS(Recommender):
 
 
 class TrainedRatingModel(Recommender):
-    """The trained rating network, scored from its towers: mu + b_u + b_m + <u, m>."""
+    """The trained rating network from its towers: ratings mu + b_u + b_m + <u, m>; top-k lists by
+    <u, m> + temperature * c_m when trained with the retrieval loss, else by b_m + <u, m>."""
 
     def __init__(self, model_dir, label: str = "rating network (ours)"):
         self.model_dir, self.label = model_dir, label
@@ -286,7 +287,10 @@ class TrainedRatingModel(Recommender):
 
         tm = TrainedModel(self.model_dir)
         self.U, self.bu = tm.user_vectors(encoded_columns(data.users, tm.tower_names("user")))
-        self.V, self.bm = tm.movie_vectors(encoded_columns(data.movies, tm.tower_names("movie")))
+        movies = encoded_columns(data.movies, tm.tower_names("movie"))
+        self.V, self.bm = tm.movie_vectors(movies)
+        # top-k ranks by the retrieval score when the model was trained for it, else by rating
+        self.rank_bias = tm.movie_priors(movies) if tm.ranking == "retrieval" else self.bm
         self.mu = tm.mu
         self.history = tm.info.get("history", [])
         return self
@@ -295,7 +299,7 @@ class TrainedRatingModel(Recommender):
         return self.mu + self.bu[u] + self.bm[m] + (self.U[u] * self.V[m]).sum(1)
 
     def scores(self, users):
-        return self.bm[None, :] + self.U[users] @ self.V.T
+        return self.rank_bias[None, :] + self.U[users] @ self.V.T
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -86,9 +86,21 @@ class TrainedModel:
         m, b = self.model.movie_tower({k: tf.constant(v, tf.int64) for k, v in encoded.items()}, training=False)
         return m.numpy().astype(np.float32), b.numpy().astype(np.float32)
 
+    @property
+    def ranking(self) -> str:
+        """What top-k lists rank by: "retrieval" (trained with the retrieval loss) or "rating"."""
+        return "retrieval" if self.model.cfg.retrieval_weight > 0 else "rating"
+
+    def movie_priors(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """temperature * c_m [N]: with it, <u, m> + prior ranks movies as the retrieval score does."""
+        import tensorflow as tf
+
+        prior = self.model.prior(tf.constant(encoded["movie_id"], tf.int64)).numpy()
+        return (self.model.cfg.retrieval_temperature * prior).astype(np.float32)
+
 
 def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str], fn, version: str,
-                   batch: int) -> int:
+                   batch: int, prior_fn=None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -98,14 +110,18 @@ def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str],
     try:
         for rb in source.iter_batches(batch_size=batch, columns=[id_name] + [ENC + n for n in names]):
             frame = rb.to_pandas()
-            vec, bias = fn(encoded_columns(frame, names))
+            encoded = encoded_columns(frame, names)
+            vec, bias = fn(encoded)
             dim = vec.shape[1]
-            table = pa.table({
+            columns = {
                 id_name: pa.array(frame[id_name].to_numpy(np.int64)),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim),
                 "bias": pa.array(bias),
-                "model_version": pa.array([version] * len(frame)),
-            })
+            }
+            if prior_fn is not None:
+                columns["prior"] = pa.array(prior_fn(encoded))
+            columns["model_version"] = pa.array([version] * len(frame))
+            table = pa.table(columns)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
@@ -131,13 +147,18 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
         n_users = _write_vectors(tmp / "users.parquet", "user_id", prepared / "users.parquet",
                                  trained.tower_names("user"), trained.user_vectors, trained.version, batch)
         n_movies = _write_vectors(tmp / "movies.parquet", "movie_id", prepared / "movies.parquet",
-                                  trained.tower_names("movie"), trained.movie_vectors, trained.version, batch)
+                                  trained.tower_names("movie"), trained.movie_vectors, trained.version, batch,
+                                  trained.movie_priors)
         info = {
             "model_dir": str(model_dir), "prepared_dir": str(prepared), "model_version": trained.version,
             "manifest_sha256": manifest_sha, "mu": trained.mu, "dimension": trained.model.cfg.output_dim,
             "users": n_users, "movies": n_movies,
             "files": {name: sha256_file(tmp / name) for name in ("users.parquet", "movies.parquet")},
             "form": "score(user, movie) = mu + b_u + b_m + <u, m>; movies indexed as [m, b_m], users as [u, b_u]",
+            "ranking": trained.ranking,
+            "ranking_form": ("top-k by <u, m> + prior (prior = temperature * c_m: the retrieval score times "
+                             "the temperature)" if trained.ranking == "retrieval" else "top-k by b_m + <u, m>"),
+            "temperature": trained.model.cfg.retrieval_temperature,
         }
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
         if out.exists():
@@ -174,4 +195,6 @@ def load_vectors(vectors_dir: str | Path) -> dict:
             "vectors": np.asarray(t.column("vector").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(t), -1),
             "bias": t.column("bias").to_numpy().astype(np.float32),
         }
+        if "prior" in t.column_names:
+            out[table]["prior"] = t.column("prior").to_numpy().astype(np.float32)
     return out

@@ -130,6 +130,11 @@ class RatingModel(keras.Model):
         self.mu = float(mu)
         self.user_tower = UserTower([f for f in feats if f["tower"] == "user"], cfg, "user_tower")
         self.movie_tower = MovieTower([f for f in feats if f["tower"] == "movie"], cfg, "movie_tower")
+        # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss: the
+        # top-k score is <u, m> / temperature + c_m (see retrieval_score).
+        movie_id = next(f for f in feats if f["name"] == "movie_id")
+        self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
+                                                  name="movie_prior")
 
     def towers(self, inputs, training=False):
         u, b_u = self.user_tower(inputs, training=training)
@@ -140,9 +145,33 @@ class RatingModel(keras.Model):
         u, b_u, m, b_m = self.towers(inputs, training)
         return self.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
 
+    def prior(self, movie_ids: tf.Tensor) -> tf.Tensor:
+        """c_m [B] for encoded movie ids [B]."""
+        return tf.squeeze(self.movie_prior(movie_ids), axis=-1)
 
-def retrieval_loss(u: tf.Tensor, m: tf.Tensor, temperature: float) -> tf.Tensor:
-    """In-batch softmax: each user's rated movie against the batch's other movies."""
-    logits = tf.matmul(u, m, transpose_b=True) / temperature  # [B, B]
+    def retrieval_score(self, inputs, training=False):
+        """<u, m> / temperature + c_m: the top-k ranking score (log p(movie | user) up to a constant)."""
+        u, _, m, _ = self.towers(inputs, training)
+        return tf.reduce_sum(u * m, axis=-1) / self.cfg.retrieval_temperature + self.prior(inputs["movie_id"])
+
+
+def retrieval_loss(u: tf.Tensor, m: tf.Tensor, prior: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
+                   temperature: float) -> tf.Tensor:
+    """In-batch softmax with sampling-bias (logQ) correction.
+
+    Each user's rated movie is the positive; the batch's other movies are the negatives. They
+    were sampled in proportion to their popularity q_m, so log q_m is subtracted from their
+    logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u), popularity
+    included, which is what "which movie will this user watch next" asks for.
+
+    Args:
+        u, m: user and movie vectors [B, D] of the batch's (user, movie) pairs.
+        prior: c_m [B]; movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
+    """
+    logits = tf.matmul(u, m, transpose_b=True) / temperature + (prior - log_q)[None, :]  # [B, B]
+    # the same movie elsewhere in the batch is not a negative for this user
+    same = tf.equal(movie_ids[:, None], movie_ids[None, :])
+    others = tf.logical_not(tf.eye(tf.shape(u)[0], dtype=tf.bool))
+    logits = tf.where(same & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
     labels = tf.range(tf.shape(u)[0])
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))

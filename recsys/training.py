@@ -77,19 +77,36 @@ def _warmup_class():
     import tf_keras as keras
 
     class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from peak/warmup_steps to ``peak`` over ``warmup_steps`` optimizer steps."""
+        """Linear warm-up from peak/warmup_steps to ``peak`` over ``warmup_steps`` optimizer steps,
+        then ``decay`` per epoch (``steps_per_epoch`` steps): lr = peak * decay ** epochs_after_warmup."""
 
-        def __init__(self, peak: float, warmup_steps: int):
+        def __init__(self, peak: float, warmup_steps: int, steps_per_epoch: int = 1, decay: float = 1.0):
             self.peak, self.warmup_steps = peak, warmup_steps
+            self.steps_per_epoch, self.decay = steps_per_epoch, decay
 
         def __call__(self, step):
-            frac = tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / float(self.warmup_steps))
-            return self.peak * frac
+            step = tf.cast(step, tf.float32)
+            frac = tf.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+            after = tf.maximum(0.0, step - float(self.warmup_steps)) / float(self.steps_per_epoch)
+            return self.peak * frac * tf.pow(self.decay, after)
 
         def get_config(self):
-            return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+            return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                    "steps_per_epoch": self.steps_per_epoch, "decay": self.decay}
 
     return WarmUp
+
+
+def movie_log_sampling_probability(prepared: Path, features: list[dict]):
+    """log q_m [movie vocab]: the share of training examples that are movie m (the rate at which
+    it appears as an in-batch negative), from the prepared ``ratings_train`` table."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    vocab = next(f["vocab_size"] for f in features if f["name"] == "movie_id")
+    ids = pq.read_table(prepared / "ratings_train", columns=["movie_idx"]).column("movie_idx").to_numpy()
+    counts = np.bincount(ids, minlength=vocab).astype(np.float64)
+    return np.log(np.maximum(counts, 0.5) / max(1.0, counts.sum()))
 
 
 def manifest_checksum(prepared: Path) -> str:
@@ -169,7 +186,8 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     import tf_keras as keras
 
     WarmUp = _warmup_class()
-    optimizer = keras.optimizers.Adam(learning_rate=WarmUp(peak_lr, warmup_steps))
+    optimizer = keras.optimizers.Adam(learning_rate=WarmUp(peak_lr, warmup_steps, steps_per_epoch,
+                                                          cfg.train.lr_decay_per_epoch))
     model_dir = Path(cfg.paths.model)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var)
     manager = tf.train.CheckpointManager(ckpt, str(model_dir / "checkpoints"), max_to_keep=3)
@@ -189,6 +207,7 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
         _log(f"--resume: no checkpoint in {model_dir / 'checkpoints'}, starting fresh")
 
     rw, temp = cfg.model.retrieval_weight, cfg.model.retrieval_temperature
+    log_q = tf.constant(movie_log_sampling_probability(prepared, features), tf.float32) if rw > 0 else None
 
     @tf.function
     def train_step(x, y, first_batch):
@@ -198,7 +217,8 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
             mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - y))
             loss = mse + tf.add_n(model.losses) if model.losses else mse
             if rw > 0:
-                loss = loss + rw * retrieval_loss(u, m, temp)
+                ids = x["movie_id"]
+                loss = loss + rw * retrieval_loss(u, m, model.prior(ids), ids, tf.gather(log_q, ids), temp)
         tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
