@@ -185,16 +185,28 @@ def prepare_cmd(config_path, overrides, master):
 @config_option
 @set_option
 @click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark ALS).")
+@click.option("--compare", "compare", multiple=True, metavar="LABEL=MODEL_DIR",
+              help="Also evaluate another trained model on the same split (repeatable), e.g. "
+                   "--compare 'rating loss only=runs/ml-100k/model-rating'.")
 @friendly_errors
-def evaluate_cmd(config_path, overrides, fast):
+def evaluate_cmd(config_path, overrides, fast, compare):
     """Evaluate the trained model and the baselines on the prepared test sets; write the report."""
+    from pathlib import Path
+
     from recsys.config import load_config
+    from recsys.errors import ConfigError
     from recsys.evaluation import evaluate
 
     cfg = load_config(config_path, overrides)
-    from pathlib import Path
-
-    evaluate(cfg.paths.prepared, {"rating network (ours)": cfg.paths.model}, cfg.paths.report, include_slow=not fast)
+    models = {"rating network (ours)": cfg.paths.model}
+    for item in compare:
+        label, sep, model_dir = item.partition("=")
+        if not sep or not label or not model_dir:
+            raise ConfigError(f"--compare {item!r}: expected LABEL=MODEL_DIR")
+        if not (Path(model_dir) / "model.json").is_file():
+            raise ConfigError(f"--compare {item!r}: no trained model (model.json) in {model_dir}")
+        models[label] = model_dir
+    evaluate(cfg.paths.prepared, models, cfg.paths.report, include_slow=not fast)
     click.echo((Path(cfg.paths.report) / "report.md").read_text())
     click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
 

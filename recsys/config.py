@@ -129,7 +129,7 @@ class ModelConfig:
     l2: float = 1e-5
     embedding_l2: float = 0.0  # per-example L2 on looked-up embedding rows (MF-style)
     id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m  # L2 weight on embeddings and dense kernels (per example)
-    retrieval_weight: float = 0.0  # weight of the in-batch softmax retrieval loss (0: off)
+    retrieval_weight: float = 0.1  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
 
 
@@ -137,13 +137,13 @@ class ModelConfig:
 class TrainConfig:
     """Horovod data-parallel training."""
 
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 1024  # examples per rank per step
     learning_rate: float = 0.002  # per rank; multiplied by the number of ranks
     warmup_epochs: float = 1.0  # linear warm-up to the scaled learning rate
-    lr_decay_per_epoch: float = 1.0  # after warm-up, the learning rate is multiplied by this every epoch
+    lr_decay_per_epoch: float = 0.95  # after warm-up, the learning rate is multiplied by this every epoch
     shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
-    early_stopping_patience: int = 3  # epochs without validation-RMSE improvement
+    early_stopping_patience: int = 5  # epochs without validation-RMSE improvement
     seed: int = 1
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks

@@ -4,10 +4,12 @@
 
     index.json          dimensions, metric, vector forms, counts, search parameters, measured
                         recall, sha256 of every file, model version, mu, model dir
-    movies_ip.faiss     [m, b_m], inner product   (user query [u, 1])
+    movies_ip.faiss     [m, r_m], inner product   (user query [u, 1]); r_m is the ranking bias:
+                        temperature * c_m for a model trained with the retrieval loss (top-k
+                        by the retrieval score), else b_m (top-k by predicted rating)
     users_ip.faiss      [u, b_u], inner product   (movie query [m, 1])
     movies_cos.faiss    m / |m|, inner product     (cosine)
-    movies.parquet      movie_id, title, genres, year, m, b_m  (row i = FAISS id i)
+    movies.parquet      movie_id, title, genres, year, m, b_m, r_m  (row i = FAISS id i)
     users.parquet       user_id, gender, age, occupation, zip, u, b_u
     seen.parquet        user_id, movie_id of the ratings the model trained on
     vocabularies.json, features.json   to encode new users and movies exactly as prepare did
@@ -65,10 +67,13 @@ def build_serving_dir(cfg) -> dict:
     try:
         m, b_m = vec["movies"]["vectors"], vec["movies"]["bias"]
         u, b_u = vec["users"]["vectors"], vec["users"]["bias"]
+        ranking = info.get("ranking", "rating")
+        r_m = vec["movies"]["prior"] if ranking == "retrieval" else b_m
         built = {
-            "movies_ip": (build_index(movie_items(m, b_m), user_queries(u), flat_max=ic.flat_max, factory=ic.approximate,
+            "movies_ip": (build_index(movie_items(m, r_m), user_queries(u), flat_max=ic.flat_max, factory=ic.approximate,
                                       target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
-                                      seed=ic.seed), "[m, b_m]", "[u, 1]", len(m)),
+                                      seed=ic.seed), "[m, prior]" if ranking == "retrieval" else "[m, b_m]",
+                          "[u, 1]", len(m)),
             "users_ip": (build_index(movie_items(u, b_u), user_queries(m), flat_max=ic.flat_max, factory=ic.approximate,
                                      target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
                                      seed=ic.seed), "[u, b_u]", "[m, 1]", len(u)),
@@ -80,7 +85,7 @@ def build_serving_dir(cfg) -> dict:
             faiss.write_index(b.index, str(tmp / f"{name}.faiss"))
         movies = pd.read_parquet(prepared / "movies.parquet", columns=["movie_id", "title", "genres", "year"])
         movies = movies.set_index("movie_id").loc[vec["movies"]["ids"]].reset_index()
-        movies["m"] = list(m); movies["b_m"] = b_m
+        movies["m"] = list(m); movies["b_m"] = b_m; movies["r_m"] = r_m
         movies.to_parquet(tmp / "movies.parquet", index=False)
         users = pd.read_parquet(prepared / "users.parquet", columns=["user_id", "gender", "age", "occupation", "zip"])
         users = users.set_index("user_id").loc[vec["users"]["ids"]].reset_index()
@@ -95,7 +100,7 @@ def build_serving_dir(cfg) -> dict:
                                                        "settings": manifest["feature_settings"]}, indent=2))
         index_info = {
             "model_version": info["model_version"], "model_dir": info["model_dir"], "mu": info["mu"],
-            "dimension": int(m.shape[1]), "metric": "inner_product",
+            "dimension": int(m.shape[1]), "metric": "inner_product", "ranking": ranking,
             "indexes": {name: {"file": f"{name}.faiss", "type": b.kind, "vectors": form, "query": query,
                                "count": count, "search_params": b.search_param, "recall_at_k": b.recall,
                                "recall_k": ic.recall_k, "build_seconds": round(b.build_seconds, 3)}
@@ -119,7 +124,9 @@ class Recommender:
     """Recommendations from a serving directory (see module docstring).
 
     Every method returning movies gives dicts with ``movie_id, title, genres, score`` where
-    ``score`` is the model's predicted rating (for similarity lists: the cosine).
+    ``score`` is the model's predicted rating (for similarity lists: the cosine). Lists are
+    ordered by the index's ranking score (``index.json`` "ranking": the retrieval score for a
+    model trained with the retrieval loss, else the predicted rating itself).
     """
 
     def __init__(self, directory: Path, info: dict, indexes: dict, movies: pd.DataFrame, users: pd.DataFrame,
@@ -132,6 +139,7 @@ class Recommender:
         self.users = users
         self._m = np.stack(movies["m"].to_numpy()).astype(np.float32)
         self._bm = movies["b_m"].to_numpy(np.float32)
+        self._rm = movies["r_m"].to_numpy(np.float32) if "r_m" in movies else self._bm
         self._u = np.stack(users["u"].to_numpy()).astype(np.float32)
         self._bu = users["b_u"].to_numpy(np.float32)
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
@@ -213,16 +221,19 @@ class Recommender:
         return pd.DataFrame(out) if as_frame else out
 
     def _search_movies(self, query: np.ndarray, k: int, exclude_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top k movie rows for one ``[u, 1]`` query, skipping ``exclude_rows`` (by over-fetch)."""
+        """Top k movie rows for one ``[u, 1]`` query, skipping ``exclude_rows`` (by over-fetch),
+        with their b_m + <u, m> (add mu + b_u for the predicted rating)."""
         fetch = min(len(self._m), k + len(exclude_rows))
         scores, rows = self._idx["movies_ip"].search(query[None, :].astype(np.float32), fetch)
         keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
-        return rows[0][keep][:k], scores[0][keep][:k]
+        rows, scores = rows[0][keep][:k], scores[0][keep][:k]
+        # <[u, 1], [m, r_m]> - r_m + b_m = b_m + <u, m>: the rating part of the prediction
+        return rows, scores - self._rm[rows] + self._bm[rows]
 
     # ------------------------------------------------------------------ known users and movies
 
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
-        """Top-k movies for a known user, by predicted rating; seen movies excluded by default."""
+        """Top-k movies for a known user (score: predicted rating); seen movies excluded by default."""
         row = self._user(user_id)
         seen_rows = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
         k = self._check_k(k, len(self._m))

@@ -55,8 +55,11 @@ def rec(served):
     return Recommender.load(served.paths.index)
 
 
-def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> np.ndarray:
-    """Brute force: the trained model's full forward pass on every (user, movie) pair."""
+def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: the trained model's full forward pass on every (user, movie) pair.
+
+    Returns (predicted ratings, ranking scores) [users, movies]: the ranking score is the
+    retrieval score for a model trained with the retrieval loss, else the rating itself."""
     import tensorflow as tf
 
     from recsys.export import TrainedModel
@@ -64,13 +67,15 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> np.ndar
 
     tm = TrainedModel(cfg.paths.model)
     out = np.empty((len(user_rows), len(movies)), np.float32)
+    rank = np.empty_like(out)
     mcols = encoded_columns(movies, tm.tower_names("movie"))
     ucols = encoded_columns(user_rows, tm.tower_names("user"))
     for i in range(len(user_rows)):
         x = {n: tf.constant(np.repeat(v[i], len(movies)), tf.int64) for n, v in ucols.items()}
         x.update({n: tf.constant(v, tf.int64) for n, v in mcols.items()})
         out[i] = tm.model(x, training=False).numpy()
-    return out
+        rank[i] = tm.model.retrieval_score(x).numpy() if tm.ranking == "retrieval" else out[i]
+    return out, rank
 
 
 def test_real_ml100k_ids_are_encoded_one_to_one(served):
@@ -93,15 +98,17 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
     seen_by_user = seen.groupby("user_id").movie_id.apply(set).to_dict()
     movie_ids = movies.movie_id.to_numpy()
     sample = users.iloc[:: max(1, len(users) // 60)]  # full forward passes: 60 users x 1,682 movies
-    model_scores = _model_scores(served, sample, movies)
+    model_scores, ranking = _model_scores(served, sample, movies)
+    assert rec.info["ranking"] == "retrieval"   # the default config trains with the retrieval loss
     checked = 0
-    for (_, u), scores in zip(sample.iterrows(), model_scores):
+    for (_, u), scores, rank in zip(sample.iterrows(), model_scores, ranking):
         unseen = np.array([m not in seen_by_user.get(u.user_id, set()) for m in movie_ids])
-        order = np.argsort(-np.where(unseen, scores, -np.inf), kind="stable")[:10]
+        order = np.argsort(-np.where(unseen, rank, -np.inf), kind="stable")[:10]
         got = rec.recommend(int(u.user_id), k=10)
+        got_rows = [int(np.flatnonzero(movie_ids == r["movie_id"])[0]) for r in got]
         assert [r["movie_id"] for r in got] == movie_ids[order].tolist() or \
-            np.allclose(sorted(r["score"] for r in got), sorted(scores[order]), atol=1e-4)  # exact ties may swap
-        np.testing.assert_allclose([r["score"] for r in got], scores[order], atol=1e-4)
+            np.allclose(np.sort(rank[got_rows]), np.sort(rank[order]), rtol=1e-4, atol=1e-3)  # exact ties may swap
+        np.testing.assert_allclose([r["score"] for r in got], scores[got_rows], atol=1e-4)
         assert rec.predict(int(u.user_id), int(movie_ids[0])) == pytest.approx(float(scores[0]), abs=1e-4)
         checked += 1
     assert checked == len(sample)
@@ -110,14 +117,16 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
 def test_every_user_top10_equals_numpy_brute_force(rec):
     """All 943 users: FAISS Flat top-10 == numpy scoring of every unseen movie with the exported vectors."""
     scores = rec.mu + rec._bu[:, None] + rec._bm[None, :] + rec._u @ rec._m.T
+    ranking = rec._rm[None, :] + rec._u @ rec._m.T
     seen_by_user = pd.read_parquet(rec.directory / "seen.parquet").groupby("user_id").movie_id.apply(np.array)
     for row, user_id in enumerate(rec.users.user_id):
         seen = seen_by_user.get(int(user_id), np.empty(0))
         mask = np.isin(rec.movies.movie_id.to_numpy(), seen)
-        s = np.where(mask, -np.inf, scores[row])
-        top = np.argsort(-s, kind="stable")[:10]
+        top = np.argsort(-np.where(mask, -np.inf, ranking[row]), kind="stable")[:10]
         got = rec.recommend(int(user_id), k=10)
-        np.testing.assert_allclose([r["score"] for r in got], s[top], atol=1e-4)
+        got_rows = [int(np.flatnonzero(rec.movies.movie_id.to_numpy() == r["movie_id"])[0]) for r in got]
+        np.testing.assert_allclose(ranking[row, got_rows], ranking[row, top], atol=1e-4)
+        np.testing.assert_allclose([r["score"] for r in got], scores[row, got_rows], atol=1e-4)
         assert len(got) == 10 and not set(r["movie_id"] for r in got) & set(seen.tolist())
 
 
@@ -156,7 +165,7 @@ def test_lists_errors_and_index_metadata(served, rec):
         rec.recommend_for_profile(occupation="astronaut")
     info = json.loads((Path(served.paths.index) / "index.json").read_text())
     assert info["indexes"]["movies_ip"]["type"] == "flat" and info["indexes"]["movies_ip"]["recall_at_k"] == 1.0
-    assert info["indexes"]["movies_ip"]["vectors"] == "[m, b_m]" and info["dimension"] == served.model.output_dim
+    assert info["indexes"]["movies_ip"]["vectors"] == "[m, prior]" and info["ranking"] == "retrieval" and info["dimension"] == served.model.output_dim
 
 
 def test_corrupt_index_is_refused(served, tmp_path):
