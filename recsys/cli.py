@@ -283,15 +283,17 @@ def recommend_cmd(config_path, overrides, index_dir, user_id, gender, age, occup
         raise RecsysError("give --user ID, or a profile with --gender/--age/--occupation")
 
 
+def _movie_query(fn):
+    """The options and error handling shared by the commands that take one known movie."""
+    for decorate in reversed((config_option, set_option, index_option,
+                              click.option("--movie", "movie_id", type=int, required=True, help="A known movie id."),
+                              k_option, json_option, friendly_errors, _value_errors)):
+        fn = decorate(fn)
+    return fn
+
+
 @main.command("similar")
-@config_option
-@set_option
-@index_option
-@click.option("--movie", "movie_id", type=int, required=True, help="A known movie id.")
-@k_option
-@json_option
-@friendly_errors
-@_value_errors
+@_movie_query
 def similar_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
     """Movies most similar to a movie (cosine of the movie vectors)."""
     rec = _recommender(config_path, overrides, index_dir)
@@ -300,14 +302,7 @@ def similar_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
 
 
 @main.command("who-likes")
-@config_option
-@set_option
-@index_option
-@click.option("--movie", "movie_id", type=int, required=True, help="A known movie id.")
-@k_option
-@json_option
-@friendly_errors
-@_value_errors
+@_movie_query
 def who_likes_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
     """Users predicted to rate a movie highest."""
     rec = _recommender(config_path, overrides, index_dir)

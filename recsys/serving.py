@@ -201,19 +201,20 @@ class Recommender:
             raise ValueError(f"k must be an integer from 1 to {limit}, got {k!r}")
         return int(k)
 
-    def _user(self, user_id) -> int:
+    @staticmethod
+    def _row(rows: dict[int, int], value, kind: str, instead: str) -> int:
+        """The catalog row of a known user or movie id, or UnknownIdError saying what to use instead."""
         try:
-            return self._user_row[int(user_id)]
+            return rows[int(value)]
         except (KeyError, TypeError, ValueError):
-            raise UnknownIdError(f"unknown user id {user_id!r}: not among the {len(self._user_row):,} users of "
-                                 f"this model (use recommend_for_profile for a new user)") from None
+            raise UnknownIdError(f"unknown {kind} id {value!r}: not among the {len(rows):,} {kind}s of "
+                                 f"this model (use {instead} for a new {kind})") from None
+
+    def _user(self, user_id) -> int:
+        return self._row(self._user_row, user_id, "user", "recommend_for_profile")
 
     def _movie(self, movie_id) -> int:
-        try:
-            return self._movie_row[int(movie_id)]
-        except (KeyError, TypeError, ValueError):
-            raise UnknownIdError(f"unknown movie id {movie_id!r}: not among the {len(self._movie_row):,} movies of "
-                                 f"this model (use similar_to_new_movie for a new movie)") from None
+        return self._row(self._movie_row, movie_id, "movie", "similar_to_new_movie")
 
     def _movie_rows(self, rows, scores, as_frame: bool):
         out = [{"movie_id": int(self.movies.at[r, "movie_id"]), "title": self.movies.at[r, "title"],

@@ -75,7 +75,8 @@ def test_everything_the_image_copies_and_runs_exists(kind):
     script = re.search(r"/opt/recsys/(\S+?)\"", entry).group(1)
     assert (ROOT / script).is_file() and (ROOT / script).stat().st_mode & 0o111, f"{script} not executable"
     # the runtime stage has what the manifests start: sshd for Horovod workers, java for Spark
-    runtime = " ".join(arg for op, arg in steps[[op for op, _ in steps].index("FROM", 1):] if op == "RUN")
+    last_from = max(i for i, (op, _) in enumerate(steps) if op == "FROM")
+    runtime = " ".join(arg for op, arg in steps[last_from:] if op == "RUN")
     for package in ("openjdk-17-jre-headless", "openssh-server", "tini"):
         assert package in runtime, f"{kind}: runtime stage lacks {package}"
     env = " ".join(arg for op, arg in steps if op == "ENV")

@@ -5,6 +5,7 @@ against the real CLI (so a renamed flag or config key breaks the build, not the 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shlex
@@ -381,7 +382,6 @@ def test_every_command_in_the_manifests_runs_against_the_real_cli(rendered, tmp_
                 code = ("import sys, json; sys.argv = json.loads(sys.argv[1]); "
                         "from horovod.runner.launch import parse_args; a = parse_args(); "
                         "print(json.dumps({'np': a.num_proc, 'command': a.command}))")
-                import json
                 parsed = json.loads(_run([str(VENV_BIN / "python"), "-c", code, json.dumps(cmd)], where, tmp_path))
                 assert parsed["np"] >= 1
                 _check_python_job([str(VENV_BIN / "python")] + parsed["command"][1:], where, tmp_path)
