@@ -147,6 +147,7 @@ class TrainConfig:
     seed: int = 1
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks
+    elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
 
 
 @dataclass
@@ -346,6 +347,7 @@ def _validate(cfg: Config, where: str) -> None:
         (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
         (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
         (0.0 < cfg.train.lr_decay_per_epoch <= 1.0, "train.lr_decay_per_epoch", "must be in (0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (cfg.model.output_dim >= 1 and cfg.model.embedding_dim >= 1, "model", "output_dim and embedding_dim must be at least 1"),
@@ -401,3 +403,14 @@ def _resolve_paths(paths: PathsConfig, where: str) -> None:
         if "\0" in value:
             raise ConfigError(f"{where}: paths.{f.name} contains a NUL byte: {value!r}")
         setattr(paths, f.name, os.path.abspath(os.path.expanduser(value)))
+    # Each output directory is replaced whole when its stage finishes (write to a temp dir, swap):
+    # one that is, or contains, the raw data or another stage's output would delete it.
+    outputs = [f.name for f in dataclasses.fields(paths) if f.name != "raw"]
+    for name in outputs:
+        out = Path(getattr(paths, name))
+        for other in ["raw"] + [o for o in outputs if o != name]:
+            target = Path(getattr(paths, other))
+            if out == target or out in target.parents:
+                raise ConfigError(f"{where}: paths.{name} ({out}) {'is' if out == target else 'contains'} "
+                                  f"paths.{other} ({target}); {name} is replaced whole when its stage "
+                                  "finishes, so give each stage its own directory")

@@ -19,3 +19,7 @@ class DataError(RecsysError):
 
 class ArtifactError(RecsysError):
     """A stage's output (manifest, shard, model, index) is missing, stale or corrupt."""
+
+
+class WorkerLostError(RecsysError):
+    """Another Horovod rank died or became unreachable; training stopped (resume with --resume)."""

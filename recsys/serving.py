@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.errors import ArtifactError, RecsysError
+from recsys.checksums import json_digest
 from recsys.export import load_vectors, sha256_file
 from recsys.indexing import build_index, movie_items, normalize, set_search_param, user_queries
 
@@ -107,6 +108,7 @@ def build_serving_dir(cfg) -> dict:
                         for name, (b, form, query, count) in built.items()},
             "files": {name: sha256_file(tmp / name) for name in _FILES},
         }
+        index_info["sha256"] = json_digest(index_info)
         (tmp / INDEX_JSON).write_text(json.dumps(index_info, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -167,6 +169,11 @@ class Recommender:
             info = json.loads(info_path.read_text())
         except ValueError as err:
             raise ArtifactError(f"{info_path}: not valid JSON ({err})") from None
+        if not isinstance(info, dict) or "sha256" not in info:
+            raise ArtifactError(f"{info_path} has no sha256 field (written by an older version?): rebuild the index")
+        if info["sha256"] != json_digest(info):
+            raise ArtifactError(f"{info_path} was altered after it was written (its sha256 field does not match "
+                                "its content): rebuild the index")
         if verify:
             for name, digest in info["files"].items():
                 path = d / name
@@ -189,6 +196,11 @@ class Recommender:
             indexes[name] = index
         movies = pd.read_parquet(d / "movies.parquet")
         users = pd.read_parquet(d / "users.parquet")
+        for table, frame, index_name in (("movies", movies, "movies_ip"), ("users", users, "users_ip")):
+            want = info["indexes"][index_name]["count"]
+            if len(frame) != want:  # row i of the table is FAISS id i: a different catalog gives wrong answers
+                raise ArtifactError(f"{d / table}.parquet has {len(frame)} rows; {info_path} and "
+                                    f"{index_name}.faiss hold {want}: rebuild the index")
         seen_df = pd.read_parquet(d / "seen.parquet")
         seen = {int(u): g.to_numpy(np.int64) for u, g in seen_df.groupby("user_id")["movie_id"]}
         md = Path(model_dir) if model_dir else (Path(info["model_dir"]) if info.get("model_dir") else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# the environment of train.py / horovodrun subprocesses; BIN holds horovodrun
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+BIN = os.path.dirname(sys.executable)
 
 
 def write(path: Path, data: bytes | str, encoding: str = "utf-8") -> Path:
@@ -68,3 +72,35 @@ def recbole_dir(tmp_path: Path) -> Path:
     write(d / "ml-100k.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
                               "242\tKolya\t1996\tComedy\n302\tL.A. Confidential\t1997\tCrime Film-Noir Mystery Thriller\n")
     return d
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """A small synthetic dataset (12,000 ratings) through the real Spark prepare, shared by the
+    training and fault-tolerance tests: ``(base dir, the --set overrides that point at it)``."""
+    from recsys.config import load_config
+    from recsys.datasets.synth import generate
+    from recsys.prepare.job import run_prepare
+    from recsys.spark import get_spark
+
+    base = tmp_path_factory.mktemp("train")
+    generate(base / "raw", 12_000, 150, 200, seed=4, progress=False)
+    overrides = [f"paths.raw={base / 'raw'}", f"paths.prepared={base / 'prepared'}", "prepare.shards.train=4",
+                 "prepare.examples_per_record=16", "prepare.split.validation_fraction=0.1"]
+    spark = get_spark("recsys-train-tests", "local[2]", "1g", 4)
+    try:
+        run_prepare(load_config(ROOT / "conf/default.yaml", overrides), spark)
+    finally:
+        spark.stop()
+    return base, overrides
+
+
+def train_cmd(overrides, ranks, model_dir, *extra, launcher: tuple[str, ...] = ()):
+    """``[horovodrun -np N [launcher...]] python train.py`` with a small, fast model on ``overrides``' data."""
+    sets = [a for o in overrides + [f"paths.model={model_dir}", "train.batch_size=256", "model.hidden_units=[32]",
+                                    "model.embedding_dim=8", "model.output_dim=8", "train.threads_per_rank=1"]
+            for a in ("--set", o)]
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "conf/default.yaml"), *sets, *extra]
+    if ranks > 1 or launcher:
+        cmd = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), *launcher, *cmd]
+    return cmd

@@ -168,7 +168,48 @@ def test_lists_errors_and_index_metadata(served, rec):
     assert info["indexes"]["movies_ip"]["vectors"] == "[m, prior]" and info["ranking"] == "retrieval" and info["dimension"] == served.model.output_dim
 
 
-def test_corrupt_index_is_refused(served, tmp_path):
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _rewrite_info(directory: Path, change) -> None:
+    """Edit index.json and re-seal it (new file checksums, new self-checksum): what a careless
+    hand edit or a mixed-up deployment would produce, with every checksum 'valid'."""
+    from recsys.checksums import json_digest
+    from recsys.export import sha256_file
+
+    info = json.loads((directory / "index.json").read_text())
+    change(info)
+    info["files"] = {name: sha256_file(directory / name) for name in info["files"]}
+    info["sha256"] = json_digest(info)
+    (directory / "index.json").write_text(json.dumps(info))
+
+
+CORRUPTIONS = {
+    "flipped_faiss_byte": (lambda d: _flip(d / "movies_ip.faiss", -40), "movies_ip.faiss does not match its sha256"),
+    "truncated_faiss": (lambda d: (d / "users_ip.faiss").write_bytes((d / "users_ip.faiss").read_bytes()[:1000]),
+                        "users_ip.faiss does not match its sha256"),
+    "truncated_faiss_resealed": (lambda d: ((d / "users_ip.faiss").write_bytes((d / "users_ip.faiss").read_bytes()[:1000]),
+                                           _rewrite_info(d, lambda i: None)), "users_ip.faiss: FAISS cannot read it"),
+    "missing_parquet": (lambda d: (d / "movies.parquet").unlink(), "movies.parquet listed in .* is missing"),
+    "edited_index_json": (lambda d: (d / "index.json").write_text((d / "index.json").read_text().replace(
+        '"mu": ', '"mu": 1')), "index.json was altered after it was written"),
+    "index_json_not_json": (lambda d: (d / "index.json").write_text("{not json"), "index.json: not valid JSON"),
+    "swapped_faiss_files": (lambda d: ((d / "movies_cos.faiss").replace(d / "tmp"), (d / "movies_ip.faiss").replace(
+        d / "movies_cos.faiss"), (d / "tmp").replace(d / "movies_ip.faiss"), _rewrite_info(d, lambda i: None)),
+        r"movies_ip.faiss holds 1682 x \d+ vectors; .* says 1682 x \[m, prior\]"),
+    "count_mismatch": (lambda d: _rewrite_info(d, lambda i: i["indexes"]["users_ip"].update(count=900)),
+                       r"users_ip.faiss holds 943 x"),
+    "movie_table_of_other_catalog": (lambda d: (pd.read_parquet(d / "movies.parquet").iloc[:-1].to_parquet(
+        d / "movies.parquet"), _rewrite_info(d, lambda i: None)), r"movies.parquet has 1681 rows; .*1682"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_serving_artifacts_are_refused(served, tmp_path, case):
+    """Altered, truncated, swapped or mismatched files: a clear ArtifactError at load, never wrong answers."""
     import shutil
 
     from recsys.errors import ArtifactError
@@ -176,11 +217,82 @@ def test_corrupt_index_is_refused(served, tmp_path):
 
     copy = tmp_path / "index"
     shutil.copytree(served.paths.index, copy)
-    data = bytearray((copy / "movies_ip.faiss").read_bytes())
-    data[-40] ^= 0xFF  # a flipped byte in the vector data: FAISS itself would load it
-    (copy / "movies_ip.faiss").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="movies_ip.faiss does not match its sha256"):
+    damage, message = CORRUPTIONS[case]
+    damage(copy)
+    with pytest.raises(ArtifactError, match=message):
         Recommender.load(copy)
+
+
+def test_vectors_and_model_of_another_version_are_refused(served, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from recsys.errors import ArtifactError
+    from recsys.export import TrainedModel, load_vectors, sha256_file
+    from recsys.serving import Recommender
+
+    # vectors: users.parquet from another model version, vectors.json re-sealed around it
+    vec = tmp_path / "vectors"
+    shutil.copytree(served.paths.vectors, vec)
+    t = pq.read_table(vec / "users.parquet")
+    t = t.set_column(t.column_names.index("model_version"), "model_version", pa.array(["0123456789abcdef"] * len(t)))
+    pq.write_table(t, vec / "users.parquet")
+    info = json.loads((vec / "vectors.json").read_text())
+    info["files"]["users.parquet"] = sha256_file(vec / "users.parquet")
+    (vec / "vectors.json").write_text(json.dumps(info))
+    with pytest.raises(ArtifactError, match="users.parquet holds vectors of model version"):
+        load_vectors(vec)
+    # cold start: a model directory whose weights are not the ones the index was built from
+    model = tmp_path / "model"
+    shutil.copytree(served.paths.model, model)
+    tm = TrainedModel(model)
+    tm.model.user_tower.bias.kernel.assign_add(tf.ones_like(tm.model.user_tower.bias.kernel))
+    tf.train.Checkpoint(model=tm.model).write(str(model / tm.info["weights"]))
+    rec = Recommender.load(served.paths.index, model_dir=model)
+    assert rec.recommend(1, k=3)  # known users never need the model
+    with pytest.raises(ArtifactError, match="rebuild the index"):
+        rec.recommend_for_profile(gender="F", age=30)
+
+
+def test_concurrent_lookups_equal_sequential(rec):
+    """16 threads, 100,000 mixed queries (known users, predictions, similar movies, fans,
+    new-user profiles): no errors, every answer identical to the sequential one."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    users = rec.users.user_id.to_numpy()
+    movies = rec.movies.movie_id.to_numpy()
+    kinds = rng.choice(["recommend", "predict", "similar", "who", "profile"], size=100_000,
+                       p=[0.45, 0.3, 0.15, 0.095, 0.005])
+    u, m, k = rng.choice(users, 100_000), rng.choice(movies, 100_000), rng.integers(1, 21, 100_000)
+    occupations = ["student", "engineer", "writer", "retired"]
+
+    def ask(i):
+        kind = kinds[i]
+        if kind == "recommend":
+            return [r["movie_id"] for r in rec.recommend(int(u[i]), k=int(k[i]))]
+        if kind == "predict":
+            return round(rec.predict(int(u[i]), int(m[i])), 5)
+        if kind == "similar":
+            return [r["movie_id"] for r in rec.similar_movies(int(m[i]), k=int(k[i]))]
+        if kind == "who":
+            return [r["user_id"] for r in rec.users_for_movie(int(m[i]), k=int(k[i]))]
+        return [r["movie_id"] for r in rec.recommend_for_profile(gender="MF"[i % 2], age=int(18 + i % 50),
+                                                                 occupation=occupations[i % 4], k=int(k[i]))]
+
+    t0 = time.perf_counter()
+    sequential = [ask(i) for i in range(len(kinds))]
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        threaded = list(pool.map(ask, range(len(kinds)), chunksize=64))
+    t2 = time.perf_counter()
+    mismatches = [i for i in range(len(kinds)) if sequential[i] != threaded[i]]
+    assert not mismatches, [(kinds[i], sequential[i], threaded[i]) for i in mismatches[:5]]
+    print(f"100,000 mixed queries: sequential {len(kinds) / (t1 - t0):,.0f}/s, 16 threads {len(kinds) / (t2 - t1):,.0f}/s")
 
 
 def test_approximate_index_reaches_target_recall():

@@ -9,39 +9,18 @@ import numpy as np
 import pytest
 
 from recsys.config import load_config
-from recsys.datasets.synth import generate
-from tests.conftest import ROOT
+from tests.conftest import BIN, ENV, ROOT, train_cmd
 
 pytestmark = pytest.mark.slow
-ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-BIN = os.path.dirname(sys.executable)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    from recsys.prepare.job import run_prepare
-    from recsys.spark import get_spark
-
-    base = tmp_path_factory.mktemp("train")
-    generate(base / "raw", 12_000, 150, 200, seed=4, progress=False)
-    overrides = [f"paths.raw={base / 'raw'}", f"paths.prepared={base / 'prepared'}", "prepare.shards.train=4",
-                 "prepare.examples_per_record=16", "prepare.split.validation_fraction=0.1"]
-    spark = get_spark("recsys-train-tests", "local[2]", "1g", 4)
-    try:
-        run_prepare(load_config(ROOT / "conf/default.yaml", overrides), spark)
-    finally:
-        spark.stop()
-    return base, overrides
+def prepared(train_data):
+    return train_data
 
 
 def _train_cmd(base, overrides, ranks, model_dir, *extra):
-    sets = [a for o in overrides + [f"paths.model={model_dir}", "train.batch_size=256", "model.hidden_units=[32]",
-                                    "model.embedding_dim=8", "model.output_dim=8", "train.threads_per_rank=1"]
-            for a in ("--set", o)]
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "conf/default.yaml"), *sets, *extra]
-    if ranks > 1:
-        cmd = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), *cmd]
-    return cmd
+    return train_cmd(overrides, ranks, model_dir, *extra)
 
 
 def test_two_ranks_train_in_lockstep_and_learn(prepared, tmp_path):
@@ -61,12 +40,15 @@ def test_two_ranks_train_in_lockstep_and_learn(prepared, tmp_path):
 def test_rank_shards_are_disjoint_and_steps_equal():
     from recsys.training import shard_files_for_rank
 
-    shards = [{"path": f"train/part-{i:05d}.tfrecord"} for i in range(8)]
+    shards = [{"path": f"train/part-{i:05d}.tfrecord", "records": 100 + i % 2} for i in range(8)]
     a, _ = shard_files_for_rank(shards, ROOT, 0, 2)
     b, _ = shard_files_for_rank(shards, ROOT, 1, 2)
     assert not set(a) & set(b) and len(a) == len(b) == 4
     c, by_record = shard_files_for_rank(shards[:3], ROOT, 0, 2)
-    assert by_record and len(c) == 3  # uneven: every rank reads all files, keeps every 2nd record
+    assert by_record and len(c) == 3  # uneven count: every rank reads all files, keeps every 2nd record
+    lopsided = [dict(s, records=1000 if i == 0 else 10) for i, s in enumerate(shards)]
+    d, by_record = shard_files_for_rank(lopsided, ROOT, 0, 2)
+    assert by_record and len(d) == 8  # divisible count, unequal sizes: sharded by record too
 
 
 def test_identical_weights_on_both_ranks(prepared, tmp_path):

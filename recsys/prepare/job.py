@@ -146,6 +146,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                               "file": None, "text": None})
     n_rejected = rejected.count()
     log("clean", f"{rating_lines - n_rejected:,} ratings kept, {n_rejected:,} quarantined")
+    if n_rejected == rating_lines:
+        raise DataError(_nothing_kept(files["ratings"], rejected, spec))
 
     # ---------------------------------------------------------------- split
     sc = pc.split
@@ -280,6 +282,16 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     shutil.rmtree(stage, ignore_errors=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
+
+
+def _nothing_kept(path: Path, rejected, spec) -> str:
+    """The message when cleaning rejected every rating line: reasons, counts and a sample line."""
+    reasons = {r["reason"]: r["count"] for r in rejected.groupBy("reason").count().collect()}
+    sample = rejected.select("text").first() if "text" in rejected.columns else None
+    where = f"; for example {sample['text']!r}" if sample else ""
+    listed = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"{path}: every rating line was quarantined ({listed}){where}. Is this {spec.description}? "
+            "Check data.format and the file itself")
 
 
 def _account(file: str, read: int, headers: int, kept: int, rejected: dict[str, int]) -> dict:
