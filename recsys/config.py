@@ -128,7 +128,8 @@ class ModelConfig:
     dropout: float = 0.2
     l2: float = 1e-5
     embedding_l2: float = 0.0  # per-example L2 on looked-up embedding rows (MF-style)
-    id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m  # L2 weight on embeddings and dense kernels (per example)
+    id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m
+    user_history_length: int = 0  # movies a user rated in training (latest first) pooled into the user tower (0: off)
     retrieval_weight: float = 0.1  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
 
@@ -147,6 +148,7 @@ class TrainConfig:
     seed: int = 1
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks
+    weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
 
 
@@ -347,6 +349,8 @@ def _validate(cfg: Config, where: str) -> None:
         (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
         (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
+        (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
         (0.0 < cfg.train.lr_decay_per_epoch <= 1.0, "train.lr_decay_per_epoch", "must be in (0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),

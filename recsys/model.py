@@ -24,6 +24,26 @@ import tf_keras as keras  # noqa: E402
 from recsys.config import ModelConfig  # noqa: E402
 
 
+HISTORY_PAD = 0  # padding in the user-history table: the movie vocabulary's OOV id, never a training movie
+
+
+def user_history_table(user_idx, movie_idx, timestamp, user_vocab: int, length: int):
+    """[user_vocab, length] int32: each user's rated movies (encoded), latest first, 0-padded.
+
+    Args: parallel arrays of the training ratings (encoded user and movie ids, unix seconds).
+    """
+    import numpy as np
+
+    table = np.full((user_vocab, length), HISTORY_PAD, np.int32)
+    order = np.lexsort((-np.asarray(timestamp), np.asarray(user_idx)))  # by user, latest first
+    users, movies = np.asarray(user_idx)[order], np.asarray(movie_idx)[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    position = np.arange(len(users)) - np.repeat(starts, np.diff(np.r_[starts, len(users)]))
+    keep = position < length
+    table[users[keep], position[keep]] = movies[keep]
+    return table
+
+
 def _reg(cfg: ModelConfig):
     return keras.regularizers.l2(cfg.l2) if cfg.l2 > 0 else None
 
@@ -81,7 +101,35 @@ class _Tower(keras.layers.Layer):
 
 
 class UserTower(_Tower):
-    """User id, gender, age bucket, occupation, zip prefix -> (u [B, D], b_u [B])."""
+    """User id, gender, age bucket, occupation, zip prefix -> (u [B, D], b_u [B]).
+
+    With ``user_history_length`` H > 0 the tower also pools (mean) embeddings of the movies the
+    user rated in training, SVD++'s implicit feedback: a table [user vocab, H] of encoded movie
+    ids (latest first, 0-padded), a non-trainable weight so that it travels in the checkpoint
+    with the model. Unknown users (the OOV row) have an empty history.
+    """
+
+    def __init__(self, features: list[dict], cfg: ModelConfig, name: str, movie_vocab: int):
+        super().__init__(features, cfg, name)
+        self.history = self.history_embedding = None
+        if cfg.user_history_length > 0:
+            self.history = self.add_weight(name="user_history", shape=(self.id_feature["vocab_size"],
+                                                                        cfg.user_history_length),
+                                           dtype=tf.int32, initializer="zeros", trainable=False)
+            self.history_embedding = keras.layers.Embedding(movie_vocab, cfg.embedding_dim,
+                                                            embeddings_regularizer=_reg(cfg), name="history_embedding")
+
+    def set_history(self, table) -> None:
+        """Load the [user vocab, H] table of rated movie ids (see ``user_history_table``)."""
+        self.history.assign(tf.constant(table, tf.int32))
+
+    def extra_inputs(self, inputs, training):
+        if self.history is None:
+            return []
+        ids = tf.gather(self.history, inputs[self.id_feature["name"]])  # [B, H]
+        emb = self.history_embedding(ids)  # [B, H, E]
+        mask = tf.cast(tf.not_equal(ids, HISTORY_PAD), emb.dtype)[..., None]
+        return [tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)]
 
 
 class TitleCNN(keras.layers.Layer):
@@ -128,11 +176,12 @@ class RatingModel(keras.Model):
         feats = spec["features"]
         self.cfg = cfg
         self.mu = float(mu)
-        self.user_tower = UserTower([f for f in feats if f["tower"] == "user"], cfg, "user_tower")
+        movie_id = next(f for f in feats if f["name"] == "movie_id")
+        self.user_tower = UserTower([f for f in feats if f["tower"] == "user"], cfg, "user_tower",
+                                    movie_vocab=movie_id["vocab_size"])
         self.movie_tower = MovieTower([f for f in feats if f["tower"] == "movie"], cfg, "movie_tower")
         # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss: the
         # top-k score is <u, m> / temperature + c_m (see retrieval_score).
-        movie_id = next(f for f in feats if f["name"] == "movie_id")
         self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
                                                   name="movie_prior")
 

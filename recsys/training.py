@@ -13,6 +13,7 @@ never leave one rank waiting in an allreduce. Runs as plain ``python train.py`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -119,6 +120,19 @@ def movie_log_sampling_probability(prepared: Path, features: list[dict]):
     return np.log(np.maximum(counts, 0.5) / max(1.0, counts.sum()))
 
 
+def training_user_history(prepared: Path, features: list[dict], length: int):
+    """The [user vocab, length] table of each user's training movies (model.user_history_table),
+    from the prepared ``ratings_train`` table: validation and test ratings never enter it."""
+    import pyarrow.parquet as pq
+
+    from recsys.model import user_history_table
+
+    vocab = next(f["vocab_size"] for f in features if f["name"] == "user_id")
+    t = pq.read_table(prepared / "ratings_train", columns=["user_idx", "movie_idx", "timestamp"])
+    return user_history_table(t.column("user_idx").to_numpy(), t.column("movie_idx").to_numpy(),
+                              t.column("timestamp").to_numpy(), vocab, length)
+
+
 def manifest_checksum(prepared: Path) -> str:
     from recsys.checksums import sha256_file
 
@@ -209,14 +223,23 @@ class Trainer:
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.model_dir = Path(cfg.paths.model)
-        ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step_var, epoch=self.epoch_var)
-        self.manager = tf.train.CheckpointManager(ckpt, str(self.model_dir / "checkpoints"), max_to_keep=3)
-        self.best_ckpt = tf.train.Checkpoint(model=model)
         # build every variable (model and optimizer slots) so checkpoints and elastic state can hold them
         sample_x, _ = next(iter(make_dataset(self.valid_files[:1], self.features, 1, threads=1)))
         model(sample_x)
         model.prior(sample_x["movie_id"])  # the retrieval prior is used only by the retrieval loss
+        if cfg.model.user_history_length > 0:
+            model.user_tower.set_history(training_user_history(self.prepared, self.features,
+                                                               cfg.model.user_history_length))
         self.optimizer.build(model.trainable_variables)
+        # Polyak averaging: an exponential moving average of the weights, validated and kept
+        # as the model (less noise than the last step's weights); empty when off
+        decay = cfg.train.weight_average_decay
+        self.averages = [tf.Variable(v, trainable=False, name=f"average_{i}")
+                         for i, v in enumerate(model.trainable_variables)] if decay > 0 else []
+        ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step_var, epoch=self.epoch_var,
+                                   averages=self.averages)
+        self.manager = tf.train.CheckpointManager(ckpt, str(self.model_dir / "checkpoints"), max_to_keep=3)
+        self.best_ckpt = tf.train.Checkpoint(model=model)
 
         rw, temp = cfg.model.retrieval_weight, cfg.model.retrieval_temperature
         log_q = tf.constant(movie_log_sampling_probability(self.prepared, self.features), tf.float32) if rw > 0 else None
@@ -237,6 +260,10 @@ class Trainer:
             if first_batch:  # Horovod: start every rank from rank 0's variables
                 hvd.broadcast_variables(model.variables, root_rank=0)
                 hvd.broadcast_variables(self.optimizer.variables(), root_rank=0)
+                if self.averages:
+                    hvd.broadcast_variables(self.averages, root_rank=0)
+            for average, var in zip(self.averages, model.trainable_variables):
+                average.assign(decay * average + (1.0 - decay) * var)
             return mse, tf.shape(y)[0]
 
         @tf.function
@@ -266,6 +293,21 @@ class Trainer:
         valid_ds = make_dataset(self.valid_files, self.features, max(1, 8192 // self.manifest["examples_per_record"]),
                                 record_shard=(rank, size), threads=self.threads)
         return iter(train_ds), valid_ds
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Inside: the model holds the averaged weights (when averaging is on); after: the live ones."""
+        if not self.averages:
+            yield
+            return
+        live = [v.numpy() for v in self.model.trainable_variables]
+        for var, average in zip(self.model.trainable_variables, self.averages):
+            var.assign(average)
+        try:
+            yield
+        finally:
+            for var, value in zip(self.model.trainable_variables, live):
+                var.assign(value)
 
     def validate(self, valid_ds) -> float:
         import tensorflow as tf
@@ -309,7 +351,8 @@ class Trainer:
         # Horovod: average the epoch's metrics over ranks before anyone reads them
         train_mse = float(hvd.allreduce(tf.constant(np.mean(losses) if losses else 0.0), op=hvd.Average))
         total_seen = int(hvd.allreduce(tf.constant(seen, tf.int64), op=hvd.Sum))
-        valid_rmse = self.validate(valid_ds)
+        with self.averaged_weights():
+            valid_rmse = self.validate(valid_ds)
         epoch = progress.epoch + 1
         self.epoch_var.assign(epoch)
         record = {"epoch": epoch, "train_rmse": math.sqrt(train_mse), "valid_rmse": valid_rmse,
@@ -325,7 +368,8 @@ class Trainer:
         if rank == 0:  # Horovod: only rank 0 writes checkpoints and logs
             self.manager.save(checkpoint_number=epoch)
             if improved:
-                self.best_ckpt.write(str(self.model_dir / "best" / "weights"))
+                with self.averaged_weights():
+                    self.best_ckpt.write(str(self.model_dir / "best" / "weights"))
             _write_json(self.model_dir / "history.json", progress.history)
             if self.writer is None:
                 self.writer = tf.summary.create_file_writer(str(self.model_dir / "logs"))
@@ -412,7 +456,8 @@ class Trainer:
         import horovod.tensorflow as hvd
 
         start = self.restore(resume)
-        variables = list(self.model.variables) + list(self.optimizer.variables()) + [self.step_var, self.epoch_var]
+        variables = list(self.model.variables) + list(self.optimizer.variables()) + self.averages + [
+            self.step_var, self.epoch_var]
         state = hvd.elastic.TensorFlowState(variables, **start.fields())
         # Horovod: rescale the learning rate to the new number of ranks after a reset
         state.register_reset_callbacks([lambda: self.ranks_var.assign(float(hvd.size()))])

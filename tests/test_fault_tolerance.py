@@ -181,7 +181,7 @@ def test_uneven_shards_neither_hang_nor_skip_records(train_data, tmp_path, fract
         files, by_record = shard_files_for_rank(shards, prepared, rank, 2)
         assert by_record  # uneven: sharded record by record, never whole files
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-            lambda p: tf.data.TFRecordDataset(p).shard(2, rank), cycle_length=2, deterministic=False)
+            lambda p: tf.data.TFRecordDataset(p).shard(2, rank), cycle_length=2)
         shares.append(sorted(r.numpy() for r in ds))
     assert abs(len(shares[0]) - len(shares[1])) <= len(shards)
     assert sorted(shares[0] + shares[1]) == everything
@@ -196,3 +196,28 @@ def test_uneven_shards_neither_hang_nor_skip_records(train_data, tmp_path, fract
                       DEADLINE_S)
     assert rc == 0, log[-3000:]
     assert json.loads((tmp_path / "m" / "model.json").read_text())["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_training_shard_is_named_before_training(train_data, tmp_path, damage):
+    """A truncated or bit-flipped TFRecord shard: train.py stops before the first step with one
+    error line naming the shard (checked against the manifest's sha256), exit status 2."""
+    import shutil
+
+    base, overrides = train_data
+    prepared = tmp_path / "prepared"
+    shutil.copytree(base / "prepared", prepared)
+    shard = prepared / json.loads((prepared / "manifest.json").read_text())["splits"]["train"]["shards"][1]["path"]
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    over = [o for o in overrides if not o.startswith("paths.prepared=")] + [f"paths.prepared={prepared}"]
+    rc, log = _finish(_start(train_cmd(over, 1, tmp_path / "m"), uuid.uuid4().hex), DEADLINE_S)
+    assert rc == 2, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: shard {shard} is corrupt: sha256 differs from manifest.json "
+                      "(re-run prepare, or restore the file)"], log[-3000:]
+    assert "Traceback" not in log and not (tmp_path / "m" / "checkpoints").exists()

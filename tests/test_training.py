@@ -93,17 +93,30 @@ def test_resume_continues_from_checkpoint(prepared, tmp_path):
     assert json.loads((model_dir / "model.json").read_text())["epochs_run"] == 2
 
 
-def test_score_is_mu_plus_biases_plus_dot(prepared):
+def test_user_history_table_is_latest_first_and_padded():
+    from recsys.model import HISTORY_PAD, user_history_table
+
+    table = user_history_table(np.array([2, 1, 2, 2]), np.array([5, 6, 7, 8]), np.array([10, 1, 30, 20]), 4, 2)
+    assert table.tolist() == [[HISTORY_PAD] * 2, [6, HISTORY_PAD], [7, 8], [HISTORY_PAD] * 2]
+
+
+@pytest.mark.parametrize("history", [0, 8])
+def test_score_is_mu_plus_biases_plus_dot(prepared, history, tmp_path):
     import tensorflow as tf
 
     from recsys.model import RatingModel
     from recsys.prepare.job import load_manifest
     from recsys.prepare.tfrecords import read_shards
+    from recsys.training import training_user_history
 
     base, overrides = prepared
     m = load_manifest(base / "prepared")
-    cfg = load_config(ROOT / "conf/default.yaml", overrides)
+    cfg = load_config(ROOT / "conf/default.yaml", overrides + [f"model.user_history_length={history}"])
     model = RatingModel(m["features"], m["stats"]["train_rating_mean"], cfg.model)
+    if history:  # SVD++-style implicit feedback: the user's training movies pooled into u
+        table = training_user_history(base / "prepared", m["features"]["features"], history)
+        model.user_tower.set_history(table)
+        assert (table[1:] != 0).any() and table.shape[1] == history
     data = read_shards([str(base / "prepared" / s["path"]) for s in m["splits"]["test"]["shards"]],
                        m["features"]["features"])
     x = {k: tf.constant(v[:64]) for k, v in data.items() if k != "rating"}
@@ -114,6 +127,12 @@ def test_score_is_mu_plus_biases_plus_dot(prepared):
     # exported form: <[u, 1], [m, b_m]> = prediction - mu - b_u
     q = np.concatenate([u, np.ones((64, 1))], 1); item = np.concatenate([mv, b_m[:, None]], 1)
     np.testing.assert_allclose((q * item).sum(1), pred - m["stats"]["train_rating_mean"] - b_u, rtol=1e-4, atol=1e-4)
+    # the weights file alone (the history table included) rebuilds the same predictions
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "w"))
+    again = RatingModel(m["features"], m["stats"]["train_rating_mean"], cfg.model)
+    again(x)
+    tf.train.Checkpoint(model=again).read(path).assert_consumed()
+    np.testing.assert_allclose(again(x).numpy(), pred, rtol=1e-6, atol=1e-6)
 
 
 def test_horovodrun_two_ranks_with_gloo():

@@ -26,17 +26,19 @@ SCHEMAS = {
 
 
 def read_lines(spark, path: str):
-    """DataFrame(file, line) of every non-empty line of ``path``, bytes preserved as latin-1."""
+    """DataFrame(file, line) of every line of ``path``, bytes preserved as latin-1 characters.
+
+    Spark's text source splits on LF, CRLF and CR and keeps each line's bytes untouched
+    (no CSV rules: NUL, quotes, Ctrl-Z and the like are data here, never separators or
+    comments that would drop a line); the binary cast plus a latin-1 decode hands those
+    bytes over one character per byte, and :func:`recover_text` decodes them as the
+    Python readers do (UTF-8, else the format's legacy encoding).
+    """
     from pyspark.sql import functions as F
 
-    return (
-        spark.read.option("sep", "\u0000").option("quote", "\u0000").option("escape", "\u0000")
-        .option("encoding", "ISO-8859-1").option("header", "false").option("mode", "PERMISSIVE")
-        .option("ignoreLeadingWhiteSpace", "false").option("ignoreTrailingWhiteSpace", "false")
-        .schema("line string").csv(path)
-        .withColumn("file", F.input_file_name())
-        .filter(F.col("line").isNotNull())
-    )
+    return spark.read.text(path).select(
+        F.decode(F.col("value").cast("binary"), "ISO-8859-1").alias("line"),
+        F.input_file_name().alias("file"))
 
 
 def _parser(format_name: str, table: str):
@@ -116,7 +118,7 @@ def parse_ratings_native(lines, format_name: str):
         .when(f[3] == "", "missing_field").when(bad_num(ts) | (ts < 0) | (ts > 1e11), "bad_timestamp")
     )
     is_header = line.startswith(header) if header else F.lit(False)
-    df = lines.filter(F.trim(F.col("line")) != "").select(
+    df = lines.filter(~F.col("line").rlike(r"^\s*$")).select(
         "file", line.alias("text"), reason.alias("reason"), is_header.alias("_header"), uid.alias("user_id"),
         mid.alias("movie_id"), rating.alias("rating"), ts.alias("_ts"), F.size(parts).alias("_n"))
     ok = F.col("reason").isNull() & ~F.col("_header")
