@@ -130,8 +130,9 @@ class ModelConfig:
     embedding_l2: float = 0.0  # per-example L2 on looked-up embedding rows (MF-style)
     id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m
     user_history_length: int = 0  # movies a user rated in training (latest first) pooled into the user tower (0: off)
-    retrieval_weight: float = 0.1  # weight of the in-batch softmax retrieval loss (0: off)
+    retrieval_weight: float = 0.3  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
+    retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
 
 
 @dataclass
@@ -349,6 +350,7 @@ def _validate(cfg: Config, where: str) -> None:
         (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
         (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),

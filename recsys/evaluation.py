@@ -276,7 +276,7 @@ class SparkALS(Recommender):
 
 class TrainedRatingModel(Recommender):
     """The trained rating network from its towers: ratings mu + b_u + b_m + <u, m>; top-k lists by
-    <u, m> + temperature * c_m when trained with the retrieval loss, else by b_m + <u, m>."""
+    <u, m> + <u_r, m_r> + temperature * c_m when trained with the retrieval loss, else by b_m + <u, m>."""
 
     def __init__(self, model_dir, label: str = "rating network (ours)"):
         self.model_dir, self.label = model_dir, label
@@ -286,11 +286,15 @@ class TrainedRatingModel(Recommender):
         from recsys.features import encoded_columns
 
         tm = TrainedModel(self.model_dir)
-        self.U, self.bu = tm.user_vectors(encoded_columns(data.users, tm.tower_names("user")))
+        self.U, self.bu, u_r = tm.user_heads(encoded_columns(data.users, tm.tower_names("user")))
         movies = encoded_columns(data.movies, tm.tower_names("movie"))
-        self.V, self.bm = tm.movie_vectors(movies)
-        # top-k ranks by the retrieval score when the model was trained for it, else by rating
-        self.rank_bias = tm.movie_priors(movies) if tm.ranking == "retrieval" else self.bm
+        self.V, self.bm, m_r = tm.movie_heads(movies)
+        # top-k ranks by the retrieval score when the model was trained for it (over the rating and
+        # the retrieval-only dimensions), else by rating
+        retrieval = tm.ranking == "retrieval"
+        self.rank_bias = tm.movie_priors(movies) if retrieval else self.bm
+        self.U_rank = np.concatenate([self.U, u_r], 1) if retrieval else self.U
+        self.V_rank = np.concatenate([self.V, m_r], 1) if retrieval else self.V
         self.mu = tm.mu
         self.history = tm.info.get("history", [])
         return self
@@ -299,7 +303,7 @@ class TrainedRatingModel(Recommender):
         return self.mu + self.bu[u] + self.bm[m] + (self.U[u] * self.V[m]).sum(1)
 
     def scores(self, users):
-        return self.rank_bias[None, :] + self.U[users] @ self.V.T
+        return self.rank_bias[None, :] + self.U_rank[users] @ self.V_rank.T
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -72,19 +72,28 @@ class TrainedModel:
     def tower_names(self, tower: str) -> list[str]:
         return [f["name"] for f in self.features if f["tower"] == tower]
 
-    def user_vectors(self, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """u [N, D] float32 and b_u [N] for encoded user features (arrays of length N)."""
+    @staticmethod
+    def _heads(tower, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import tensorflow as tf
 
-        u, b = self.model.user_tower({k: tf.constant(v, tf.int64) for k, v in encoded.items()}, training=False)
-        return u.numpy().astype(np.float32), b.numpy().astype(np.float32)
+        v, b, r = tower.heads({k: tf.constant(v, tf.int64) for k, v in encoded.items()}, training=False)
+        return v.numpy().astype(np.float32), b.numpy().astype(np.float32), r.numpy().astype(np.float32)
+
+    def user_heads(self, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """u [N, D], b_u [N] and the retrieval-only u_r [N, R] (R = model.retrieval_dim, may be 0)."""
+        return self._heads(self.model.user_tower, encoded)
+
+    def movie_heads(self, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """m [N, D], b_m [N] and the retrieval-only m_r [N, R]."""
+        return self._heads(self.model.movie_tower, encoded)
+
+    def user_vectors(self, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """u [N, D] float32 and b_u [N] for encoded user features (arrays of length N)."""
+        return self.user_heads(encoded)[:2]
 
     def movie_vectors(self, encoded: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """m [N, D] float32 and b_m [N] for encoded movie features."""
-        import tensorflow as tf
-
-        m, b = self.model.movie_tower({k: tf.constant(v, tf.int64) for k, v in encoded.items()}, training=False)
-        return m.numpy().astype(np.float32), b.numpy().astype(np.float32)
+        return self.movie_heads(encoded)[:2]
 
     @property
     def ranking(self) -> str:
@@ -92,7 +101,7 @@ class TrainedModel:
         return "retrieval" if self.model.cfg.retrieval_weight > 0 else "rating"
 
     def movie_priors(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
-        """temperature * c_m [N]: with it, <u, m> + prior ranks movies as the retrieval score does."""
+        """temperature * c_m [N]: with it, <u, m> + <u_r, m_r> + prior ranks movies as the retrieval score does."""
         import tensorflow as tf
 
         prior = self.model.prior(tf.constant(encoded["movie_id"], tf.int64)).numpy()
@@ -111,13 +120,15 @@ def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str],
         for rb in source.iter_batches(batch_size=batch, columns=[id_name] + [ENC + n for n in names]):
             frame = rb.to_pandas()
             encoded = encoded_columns(frame, names)
-            vec, bias = fn(encoded)
-            dim = vec.shape[1]
+            vec, bias, extra = fn(encoded)
             columns = {
                 id_name: pa.array(frame[id_name].to_numpy(np.int64)),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1]),
                 "bias": pa.array(bias),
             }
+            if extra.shape[1]:
+                columns["retrieval_vector"] = pa.FixedSizeListArray.from_arrays(pa.array(extra.reshape(-1)),
+                                                                                extra.shape[1])
             if prior_fn is not None:
                 columns["prior"] = pa.array(prior_fn(encoded))
             columns["model_version"] = pa.array([version] * len(frame))
@@ -145,9 +156,9 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
     tmp.mkdir()
     try:
         n_users = _write_vectors(tmp / "users.parquet", "user_id", prepared / "users.parquet",
-                                 trained.tower_names("user"), trained.user_vectors, trained.version, batch)
+                                 trained.tower_names("user"), trained.user_heads, trained.version, batch)
         n_movies = _write_vectors(tmp / "movies.parquet", "movie_id", prepared / "movies.parquet",
-                                  trained.tower_names("movie"), trained.movie_vectors, trained.version, batch,
+                                  trained.tower_names("movie"), trained.movie_heads, trained.version, batch,
                                   trained.movie_priors)
         info = {
             "model_dir": str(model_dir), "prepared_dir": str(prepared), "model_version": trained.version,
@@ -156,9 +167,11 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
             "files": {name: sha256_file(tmp / name) for name in ("users.parquet", "movies.parquet")},
             "form": "score(user, movie) = mu + b_u + b_m + <u, m>; movies indexed as [m, b_m], users as [u, b_u]",
             "ranking": trained.ranking,
-            "ranking_form": ("top-k by <u, m> + prior (prior = temperature * c_m: the retrieval score times "
-                             "the temperature)" if trained.ranking == "retrieval" else "top-k by b_m + <u, m>"),
+            "ranking_form": ("top-k by <u, m> + <u_r, m_r> + prior (prior = temperature * c_m: the retrieval "
+                             "score times the temperature; u_r, m_r: the retrieval_vector columns)"
+                             if trained.ranking == "retrieval" else "top-k by b_m + <u, m>"),
             "temperature": trained.model.cfg.retrieval_temperature,
+            "retrieval_dim": trained.model.cfg.retrieval_dim,
         }
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
         if out.exists():
@@ -197,4 +210,7 @@ def load_vectors(vectors_dir: str | Path) -> dict:
         }
         if "prior" in t.column_names:
             out[table]["prior"] = t.column("prior").to_numpy().astype(np.float32)
+        out[table]["retrieval"] = (
+            np.asarray(t.column("retrieval_vector").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(t), -1)
+            if "retrieval_vector" in t.column_names else np.zeros((len(t), 0), np.float32))
     return out

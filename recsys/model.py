@@ -66,6 +66,9 @@ class _Tower(keras.layers.Layer):
                        for i, n in enumerate(cfg.hidden_units)]
         self.dropout = keras.layers.Dropout(cfg.dropout)
         self.vector = keras.layers.Dense(cfg.output_dim, kernel_regularizer=_reg(cfg), name="vector")
+        # retrieval-only dimensions: used by the top-k score, never by the rating
+        self.retrieval_vector = keras.layers.Dense(cfg.retrieval_dim, kernel_regularizer=_reg(cfg),
+                                                   name="retrieval_vector") if cfg.retrieval_dim > 0 else None
         self.bias = keras.layers.Dense(1, name="bias")
         # A per-id scalar bias (classic b_u / b_m), added to the tower's bias head; unknown
         # ids share the OOV row, so cold users and movies still get the attribute-based head.
@@ -88,7 +91,8 @@ class _Tower(keras.layers.Layer):
     def extra_inputs(self, inputs, training):
         return []
 
-    def call(self, inputs: dict[str, tf.Tensor], training=False):
+    def heads(self, inputs: dict[str, tf.Tensor], training=False):
+        """(vector [B, D], bias [B], retrieval-only vector [B, model.retrieval_dim] (width 0 when off))."""
         parts = [self._embed(f, inputs[f["name"]]) for f in self.features if f["name"] in self.embeddings]
         parts += self.extra_inputs(inputs, training)
         x = tf.concat(parts, axis=-1)
@@ -97,7 +101,13 @@ class _Tower(keras.layers.Layer):
         bias = tf.squeeze(self.bias(x), axis=-1)
         if self.id_bias is not None:
             bias = bias + tf.squeeze(self.id_bias(inputs[self.id_feature["name"]]), axis=-1)
-        return self.vector(x), bias
+        vector = self.vector(x)
+        extra = self.retrieval_vector(x) if self.retrieval_vector is not None else tf.zeros_like(vector[:, :0])
+        return vector, bias, extra
+
+    def call(self, inputs: dict[str, tf.Tensor], training=False):
+        vector, bias, _ = self.heads(inputs, training)
+        return vector, bias
 
 
 class UserTower(_Tower):
@@ -181,7 +191,7 @@ class RatingModel(keras.Model):
                                     movie_vocab=movie_id["vocab_size"])
         self.movie_tower = MovieTower([f for f in feats if f["tower"] == "movie"], cfg, "movie_tower")
         # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss: the
-        # top-k score is <u, m> / temperature + c_m (see retrieval_score).
+        # top-k score is (<u, m> + <u_r, m_r>) / temperature + c_m (see retrieval_score).
         self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
                                                   name="movie_prior")
 
@@ -189,6 +199,12 @@ class RatingModel(keras.Model):
         u, b_u = self.user_tower(inputs, training=training)
         m, b_m = self.movie_tower(inputs, training=training)
         return u, b_u, m, b_m
+
+    def all_heads(self, inputs, training=False):
+        """(u, b_u, m, b_m, u_r, m_r): the rating terms plus the retrieval-only vectors [B, R]."""
+        u, b_u, u_r = self.user_tower.heads(inputs, training=training)
+        m, b_m, m_r = self.movie_tower.heads(inputs, training=training)
+        return u, b_u, m, b_m, u_r, m_r
 
     def call(self, inputs, training=False):
         u, b_u, m, b_m = self.towers(inputs, training)
@@ -199,9 +215,11 @@ class RatingModel(keras.Model):
         return tf.squeeze(self.movie_prior(movie_ids), axis=-1)
 
     def retrieval_score(self, inputs, training=False):
-        """<u, m> / temperature + c_m: the top-k ranking score (log p(movie | user) up to a constant)."""
-        u, _, m, _ = self.towers(inputs, training)
-        return tf.reduce_sum(u * m, axis=-1) / self.cfg.retrieval_temperature + self.prior(inputs["movie_id"])
+        """(<u, m> + <u_r, m_r>) / temperature + c_m: the top-k ranking score (log p(movie | user) up to
+        a constant); u_r, m_r are the retrieval-only dimensions (none unless model.retrieval_dim > 0)."""
+        u, _, m, _, u_r, m_r = self.all_heads(inputs, training)
+        dot = tf.reduce_sum(u * m, axis=-1) + tf.reduce_sum(u_r * m_r, axis=-1)
+        return dot / self.cfg.retrieval_temperature + self.prior(inputs["movie_id"])
 
 
 def retrieval_loss(u: tf.Tensor, m: tf.Tensor, prior: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,

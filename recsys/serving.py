@@ -4,13 +4,15 @@
 
     index.json          dimensions, metric, vector forms, counts, search parameters, measured
                         recall, sha256 of every file, model version, mu, model dir
-    movies_ip.faiss     [m, r_m], inner product   (user query [u, 1]); r_m is the ranking bias:
-                        temperature * c_m for a model trained with the retrieval loss (top-k
-                        by the retrieval score), else b_m (top-k by predicted rating)
+    movies_ip.faiss     [m, m_r, r_m], inner product (user query [u, u_r, 1]). For a model
+                        trained with the retrieval loss: r_m = temperature * c_m and m_r, u_r
+                        the retrieval-only dimensions (model.retrieval_dim; none when 0), so
+                        the order is the retrieval score's. Otherwise [m, b_m] / [u, 1]: top-k
+                        by predicted rating
     users_ip.faiss      [u, b_u], inner product   (movie query [m, 1])
     movies_cos.faiss    m / |m|, inner product     (cosine)
-    movies.parquet      movie_id, title, genres, year, m, b_m, r_m  (row i = FAISS id i)
-    users.parquet       user_id, gender, age, occupation, zip, u, b_u
+    movies.parquet      movie_id, title, genres, year, m, b_m, r_m[, m_r]  (row i = FAISS id i)
+    users.parquet       user_id, gender, age, occupation, zip, u, b_u[, u_r]
     seen.parquet        user_id, movie_id of the ratings the model trained on
     vocabularies.json, features.json   to encode new users and movies exactly as prepare did
 
@@ -66,15 +68,18 @@ def build_serving_dir(cfg) -> dict:
     tmp.mkdir()
     ic = cfg.index
     try:
-        m, b_m = vec["movies"]["vectors"], vec["movies"]["bias"]
-        u, b_u = vec["users"]["vectors"], vec["users"]["bias"]
+        m, b_m, m_r = vec["movies"]["vectors"], vec["movies"]["bias"], vec["movies"]["retrieval"]
+        u, b_u, u_r = vec["users"]["vectors"], vec["users"]["bias"], vec["users"]["retrieval"]
         ranking = info.get("ranking", "rating")
-        r_m = vec["movies"]["prior"] if ranking == "retrieval" else b_m
+        if ranking == "retrieval":  # top-k by <u, m> + <u_r, m_r> + prior (the retrieval score x temperature)
+            r_m, rank_items, rank_queries = vec["movies"]["prior"], np.hstack([m, m_r]), np.hstack([u, u_r])
+            forms = ("[m, m_r, prior]", "[u, u_r, 1]") if m_r.shape[1] else ("[m, prior]", "[u, 1]")
+        else:  # top-k by predicted rating
+            r_m, rank_items, rank_queries, forms = b_m, m, u, ("[m, b_m]", "[u, 1]")
         built = {
-            "movies_ip": (build_index(movie_items(m, r_m), user_queries(u), flat_max=ic.flat_max, factory=ic.approximate,
-                                      target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
-                                      seed=ic.seed), "[m, prior]" if ranking == "retrieval" else "[m, b_m]",
-                          "[u, 1]", len(m)),
+            "movies_ip": (build_index(movie_items(rank_items, r_m), user_queries(rank_queries), flat_max=ic.flat_max,
+                                      factory=ic.approximate, target_recall=ic.target_recall, k=ic.recall_k,
+                                      sample=ic.recall_sample, seed=ic.seed), *forms, len(m)),
             "users_ip": (build_index(movie_items(u, b_u), user_queries(m), flat_max=ic.flat_max, factory=ic.approximate,
                                      target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
                                      seed=ic.seed), "[u, b_u]", "[m, 1]", len(u)),
@@ -87,10 +92,14 @@ def build_serving_dir(cfg) -> dict:
         movies = pd.read_parquet(prepared / "movies.parquet", columns=["movie_id", "title", "genres", "year"])
         movies = movies.set_index("movie_id").loc[vec["movies"]["ids"]].reset_index()
         movies["m"] = list(m); movies["b_m"] = b_m; movies["r_m"] = r_m
+        if ranking == "retrieval" and m_r.shape[1]:
+            movies["m_r"] = list(m_r)
         movies.to_parquet(tmp / "movies.parquet", index=False)
         users = pd.read_parquet(prepared / "users.parquet", columns=["user_id", "gender", "age", "occupation", "zip"])
         users = users.set_index("user_id").loc[vec["users"]["ids"]].reset_index()
         users["u"] = list(u); users["b_u"] = b_u
+        if ranking == "retrieval" and u_r.shape[1]:
+            users["u_r"] = list(u_r)
         users.to_parquet(tmp / "users.parquet", index=False)
         seen = pd.concat([pd.read_parquet(prepared / f"ratings_{s}", columns=["user_id", "movie_id"])
                           for s in ("train", "valid") if (prepared / f"ratings_{s}").exists()])
@@ -103,6 +112,7 @@ def build_serving_dir(cfg) -> dict:
             "model_version": info["model_version"], "model_dir": info["model_dir"], "mu": info["mu"],
             "dimension": int(m.shape[1]), "metric": "inner_product", "ranking": ranking,
             "indexes": {name: {"file": f"{name}.faiss", "type": b.kind, "vectors": form, "query": query,
+                               "dimension": int(b.index.d),
                                "count": count, "search_params": b.search_param, "recall_at_k": b.recall,
                                "recall_k": ic.recall_k, "build_seconds": round(b.build_seconds, 3)}
                         for name, (b, form, query, count) in built.items()},
@@ -142,8 +152,13 @@ class Recommender:
         self._m = np.stack(movies["m"].to_numpy()).astype(np.float32)
         self._bm = movies["b_m"].to_numpy(np.float32)
         self._rm = movies["r_m"].to_numpy(np.float32) if "r_m" in movies else self._bm
+        self._mr = np.stack(movies["m_r"].to_numpy()).astype(np.float32) if "m_r" in movies \
+            else np.zeros((len(movies), 0), np.float32)
         self._u = np.stack(users["u"].to_numpy()).astype(np.float32)
         self._bu = users["b_u"].to_numpy(np.float32)
+        # retrieval-only dimensions (in the ranking query when the index ranks by the retrieval score)
+        self._ur = np.stack(users["u_r"].to_numpy()).astype(np.float32) if "u_r" in users \
+            else np.zeros((len(users), 0), np.float32)
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
         self._user_row = {int(v): i for i, v in enumerate(users["user_id"])}
         # seen movies as catalog rows, mapped once here rather than on every query
@@ -188,7 +203,7 @@ class Recommender:
                 index = faiss.read_index(str(d / entry["file"]))
             except RuntimeError as err:
                 raise ArtifactError(f"{d / entry['file']}: FAISS cannot read it ({str(err).splitlines()[0]})") from None
-            if index.ntotal != entry["count"] or index.d != info["dimension"] + (1 if "_ip" in name else 0):
+            if index.ntotal != entry["count"] or index.d != entry["dimension"]:
                 raise ArtifactError(f"{d / entry['file']} holds {index.ntotal} x {index.d} vectors; "
                                     f"{info_path} says {entry['count']} x {entry['vectors']}")
             for pname, value in entry["search_params"].items():
@@ -233,15 +248,17 @@ class Recommender:
                 "genres": self.movies.at[r, "genres"], "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _search_movies(self, query: np.ndarray, k: int, exclude_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top k movie rows for one ``[u, 1]`` query, skipping ``exclude_rows`` (by over-fetch),
-        with their b_m + <u, m> (add mu + b_u for the predicted rating)."""
+    def _search_movies(self, u: np.ndarray, u_r: np.ndarray, k: int,
+                       exclude_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top k movie rows for a user (u [D], retrieval-only u_r [R]) by the index's ranking score,
+        skipping ``exclude_rows`` (by over-fetch), with their b_m + <u, m> (add mu + b_u for the
+        predicted rating)."""
+        query = np.concatenate([u, u_r, [1.0]]).astype(np.float32)  # [u, u_r, 1] against [m, m_r, r_m]
         fetch = min(len(self._m), k + len(exclude_rows))
-        scores, rows = self._idx["movies_ip"].search(query[None, :].astype(np.float32), fetch)
+        _, rows = self._idx["movies_ip"].search(query[None, :], fetch)
         keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
-        rows, scores = rows[0][keep][:k], scores[0][keep][:k]
-        # <[u, 1], [m, r_m]> - r_m + b_m = b_m + <u, m>: the rating part of the prediction
-        return rows, scores - self._rm[rows] + self._bm[rows]
+        rows = rows[0][keep][:k]
+        return rows, self._bm[rows] + self._m[rows] @ u  # the rating part of the prediction
 
     # ------------------------------------------------------------------ known users and movies
 
@@ -250,7 +267,7 @@ class Recommender:
         row = self._user(user_id)
         seen_rows = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
         k = self._check_k(k, len(self._m))
-        rows, scores = self._search_movies(np.append(self._u[row], 1.0), k, seen_rows)
+        rows, scores = self._search_movies(self._u[row], self._ur[row], k, seen_rows)
         return self._movie_rows(rows, self.mu + self._bu[row] + scores, as_frame)
 
     def recommend_batch(self, user_ids, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
@@ -298,8 +315,7 @@ class Recommender:
         top = self._idx["users_ip"].search(np.append(self._m[row], 1.0)[None, :].astype(np.float32),
                                            min(fans, len(self._u)))[1][0]
         top = top[top >= 0]
-        query = np.append(self._u[top].mean(axis=0), 1.0)
-        rows, scores = self._search_movies(query, k, np.array([row]))
+        rows, scores = self._search_movies(self._u[top].mean(axis=0), self._ur[top].mean(axis=0), k, np.array([row]))
         return self._movie_rows(rows, self.mu + self._bu[top].mean() + scores, as_frame)
 
     # ------------------------------------------------------------------ cold start
@@ -334,14 +350,18 @@ class Recommender:
         if occupation is not None and str(occupation).lower() not in occs:
             raise ValueError(f"occupation must be one of {occs} or None, got {occupation!r}")
 
-    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> tuple[np.ndarray, float]:
-        """(u, b_u) of a new user from demographics alone (the id falls back to OOV)."""
+    def _profile_heads(self, gender, age, occupation, zipcode) -> tuple[np.ndarray, float, np.ndarray]:
         self._check_profile(gender, age, occupation)
         model, enc = self._cold()
         feats = enc.user(None, gender, age, occupation, zipcode)
         with self._lock:
-            u, b = model.user_vectors({k: np.array([v]) for k, v in feats.items()})
-        return u[0], float(b[0])
+            u, b, u_r = model.user_heads({k: np.array([v]) for k, v in feats.items()})
+        return u[0], float(b[0]), u_r[0][: self._ur.shape[1]]
+
+    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> tuple[np.ndarray, float]:
+        """(u, b_u) of a new user from demographics alone (the id falls back to OOV)."""
+        u, b, _ = self._profile_heads(gender, age, occupation, zipcode)
+        return u, b
 
     def new_movie_vector(self, title: str, genres, year=None) -> tuple[np.ndarray, float]:
         """(m, b_m) of a new movie from title, genres and year alone."""
@@ -360,9 +380,9 @@ class Recommender:
     def recommend_for_profile(self, gender=None, age=None, occupation=None, zipcode=None, k: int = 10,
                               as_frame: bool = False):
         """Top-k movies for a new user described only by gender, age (years) and occupation."""
-        u, b_u = self.profile_vector(gender, age, occupation, zipcode)
+        u, b_u, u_r = self._profile_heads(gender, age, occupation, zipcode)
         k = self._check_k(k, len(self._m))
-        rows, scores = self._search_movies(np.append(u, 1.0), k, np.empty(0, np.int64))
+        rows, scores = self._search_movies(u, u_r, k, np.empty(0, np.int64))
         return self._movie_rows(rows, self.mu + b_u + scores, as_frame)
 
     def similar_to_new_movie(self, title: str, genres, year=None, k: int = 10, as_frame: bool = False):

@@ -225,8 +225,7 @@ class Trainer:
         self.model_dir = Path(cfg.paths.model)
         # build every variable (model and optimizer slots) so checkpoints and elastic state can hold them
         sample_x, _ = next(iter(make_dataset(self.valid_files[:1], self.features, 1, threads=1)))
-        model(sample_x)
-        model.prior(sample_x["movie_id"])  # the retrieval prior is used only by the retrieval loss
+        model.retrieval_score(sample_x)  # builds both towers, the retrieval-only heads and the prior
         if cfg.model.user_history_length > 0:
             model.user_tower.set_history(training_user_history(self.prepared, self.features,
                                                                cfg.model.user_history_length))
@@ -247,13 +246,14 @@ class Trainer:
         @tf.function
         def train_step(x, y, first_batch):
             with tf.GradientTape() as tape:
-                u, b_u, m, b_m = model.towers(x, training=True)
+                u, b_u, m, b_m, u_r, m_r = model.all_heads(x, training=True)
                 pred = model.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
                 mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - y))
                 loss = mse + tf.add_n(model.losses) if model.losses else mse
                 if rw > 0:
                     ids = x["movie_id"]
-                    loss = loss + rw * retrieval_loss(u, m, model.prior(ids), ids, tf.gather(log_q, ids), temp)
+                    loss = loss + rw * retrieval_loss(tf.concat([u, u_r], -1), tf.concat([m, m_r], -1),
+                                                      model.prior(ids), ids, tf.gather(log_q, ids), temp)
             tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
             grads = tape.gradient(loss, model.trainable_variables)
             self.optimizer.apply_gradients(zip(grads, model.trainable_variables))

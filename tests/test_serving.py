@@ -117,7 +117,7 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
 def test_every_user_top10_equals_numpy_brute_force(rec):
     """All 943 users: FAISS Flat top-10 == numpy scoring of every unseen movie with the exported vectors."""
     scores = rec.mu + rec._bu[:, None] + rec._bm[None, :] + rec._u @ rec._m.T
-    ranking = rec._rm[None, :] + rec._u @ rec._m.T
+    ranking = rec._rm[None, :] + rec._u @ rec._m.T + rec._ur @ rec._mr.T
     seen_by_user = pd.read_parquet(rec.directory / "seen.parquet").groupby("user_id").movie_id.apply(np.array)
     for row, user_id in enumerate(rec.users.user_id):
         seen = seen_by_user.get(int(user_id), np.empty(0))
@@ -165,7 +165,10 @@ def test_lists_errors_and_index_metadata(served, rec):
         rec.recommend_for_profile(occupation="astronaut")
     info = json.loads((Path(served.paths.index) / "index.json").read_text())
     assert info["indexes"]["movies_ip"]["type"] == "flat" and info["indexes"]["movies_ip"]["recall_at_k"] == 1.0
-    assert info["indexes"]["movies_ip"]["vectors"] == "[m, prior]" and info["ranking"] == "retrieval" and info["dimension"] == served.model.output_dim
+    form = "[m, m_r, prior]" if served.model.retrieval_dim else "[m, prior]"
+    assert info["indexes"]["movies_ip"]["vectors"] == form and info["ranking"] == "retrieval"
+    assert info["dimension"] == served.model.output_dim
+    assert info["indexes"]["movies_ip"]["dimension"] == served.model.output_dim + served.model.retrieval_dim + 1
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -199,7 +202,7 @@ CORRUPTIONS = {
     "index_json_not_json": (lambda d: (d / "index.json").write_text("{not json"), "index.json: not valid JSON"),
     "swapped_faiss_files": (lambda d: ((d / "movies_cos.faiss").replace(d / "tmp"), (d / "movies_ip.faiss").replace(
         d / "movies_cos.faiss"), (d / "tmp").replace(d / "movies_ip.faiss"), _rewrite_info(d, lambda i: None)),
-        r"movies_ip.faiss holds 1682 x \d+ vectors; .* says 1682 x \[m, prior\]"),
+        r"movies_ip.faiss holds 1682 x \d+ vectors; .* says 1682 x \[m, (m_r, )?prior\]"),
     "count_mismatch": (lambda d: _rewrite_info(d, lambda i: i["indexes"]["users_ip"].update(count=900)),
                        r"users_ip.faiss holds 943 x"),
     "movie_table_of_other_catalog": (lambda d: (pd.read_parquet(d / "movies.parquet").iloc[:-1].to_parquet(
