@@ -52,7 +52,10 @@ class TrainedModel:
         self.spec = self.info["feature_spec"]
         self.features = self.spec["features"]
         self.mu = float(self.info["mu"])
-        cfg = build_section(ModelConfig, self.info["config"]["model"], "model", str(info_path))
+        # keys added after a model was trained take the value that reproduces it (feature off), not
+        # today's default: a model.json without retrieval_dim was trained without those heads
+        saved = {"retrieval_dim": 0, "user_history_length": 0, **self.info["config"]["model"]}
+        cfg = build_section(ModelConfig, saved, "model", str(info_path))
         self.model = RatingModel(self.spec, self.mu, cfg)
         dummy = {f["name"]: tf.zeros([1, *f["shape"]], tf.int64) for f in self.features if f["tower"] != "label"}
         self.model(dummy)
