@@ -327,7 +327,8 @@ class Trainer:
         """The latest checkpoint (with ``--resume``) or a fresh start, as a :class:`_Progress`."""
         rank = self.hvd.rank()
         if resume and self.manager.latest_checkpoint:
-            self.manager.checkpoint.restore(self.manager.latest_checkpoint)
+            # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
+            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             epoch = int(self.epoch_var.numpy())
             history_path = self.model_dir / "history.json"
             history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
