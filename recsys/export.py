@@ -208,12 +208,17 @@ def load_vectors(vectors_dir: str | Path) -> dict:
                                 f"but vectors.json says {info['model_version']}")
         out[table] = {
             "ids": t.column(key).to_numpy(),
-            "vectors": np.asarray(t.column("vector").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(t), -1),
+            "vectors": _matrix(t, "vector"),
             "bias": t.column("bias").to_numpy().astype(np.float32),
+            "retrieval": _matrix(t, "retrieval_vector"),  # [N, 0] for a model without retrieval-only heads
         }
         if "prior" in t.column_names:
             out[table]["prior"] = t.column("prior").to_numpy().astype(np.float32)
-        out[table]["retrieval"] = (
-            np.asarray(t.column("retrieval_vector").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(t), -1)
-            if "retrieval_vector" in t.column_names else np.zeros((len(t), 0), np.float32))
     return out
+
+
+def _matrix(t, column: str) -> np.ndarray:
+    """A fixed-size-list column as float32 [rows, width]; [rows, 0] when the column is absent."""
+    if column not in t.column_names:
+        return np.zeros((len(t), 0), np.float32)
+    return np.asarray(t.column(column).combine_chunks().flatten().to_numpy(), np.float32).reshape(len(t), -1)

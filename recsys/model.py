@@ -44,6 +44,13 @@ def user_history_table(user_idx, movie_idx, timestamp, user_vocab: int, length: 
     return table
 
 
+def masked_mean(emb: tf.Tensor, ids: tf.Tensor, pad_id: int) -> tf.Tensor:
+    """Mean of ``emb`` [B, L, E] over the positions whose ``ids`` [B, L] are not ``pad_id`` -> [B, E]
+    (zeros for an all-padding row)."""
+    mask = tf.cast(tf.not_equal(ids, pad_id), emb.dtype)[..., None]
+    return tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
 def _reg(cfg: ModelConfig):
     return keras.regularizers.l2(cfg.l2) if cfg.l2 > 0 else None
 
@@ -84,8 +91,7 @@ class _Tower(keras.layers.Layer):
             # per-example L2 on the rows looked up (matrix-factorisation style regularisation)
             self.add_loss(self.embedding_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(emb), axis=-1)))
         if f["shape"]:  # a padded list (genres): mean over non-padding entries
-            mask = tf.cast(tf.not_equal(ids, f["pad_id"]), emb.dtype)[..., None]
-            return tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+            return masked_mean(emb, ids, f["pad_id"])
         return emb
 
     def extra_inputs(self, inputs, training):
@@ -137,9 +143,7 @@ class UserTower(_Tower):
         if self.history is None:
             return []
         ids = tf.gather(self.history, inputs[self.id_feature["name"]])  # [B, H]
-        emb = self.history_embedding(ids)  # [B, H, E]
-        mask = tf.cast(tf.not_equal(ids, HISTORY_PAD), emb.dtype)[..., None]
-        return [tf.reduce_sum(emb * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)]
+        return [masked_mean(self.history_embedding(ids), ids, HISTORY_PAD)]
 
 
 class TitleCNN(keras.layers.Layer):

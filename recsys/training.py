@@ -175,8 +175,8 @@ def _is_peer_failure(err: Exception) -> bool:
     from horovod.common.exceptions import HorovodInternalError
 
     text = str(err)
-    return isinstance(err, HorovodInternalError) or "Horovod has been shut down" in text or "Horovod" in text and (
-        "HorovodAllreduce" in text or "HorovodBroadcast" in text or "HorovodAllgather" in text)
+    return isinstance(err, HorovodInternalError) or "Horovod has been shut down" in text or any(
+        op in text for op in ("HorovodAllreduce", "HorovodBroadcast", "HorovodAllgather"))
 
 
 class Trainer:
@@ -186,7 +186,7 @@ class Trainer:
     epochs under ``hvd.elastic.run`` so that ranks may leave (and join) between commits.
     """
 
-    def __init__(self, cfg: Config, max_steps: int | None = None):
+    def __init__(self, cfg: Config, threads: int, max_steps: int | None = None):
         import tensorflow as tf
         import tf_keras as keras
 
@@ -205,7 +205,7 @@ class Trainer:
         self.batch_records = max(1, cfg.train.batch_size // epr)
         self.batch_examples = self.batch_records * epr
         self.total = self.manifest["splits"]["train"]["examples"]
-        self.threads = cfg.train.threads_per_rank or max(1, (os.cpu_count() or 2) // hvd.local_size())
+        self.threads = threads  # tf.data threads per rank (train() sets TF's pools from the same figure)
         valid_split = "valid" if "valid" in self.manifest["splits"] else "test"
         self.valid_files = [str(self.prepared / s["path"]) for s in self.manifest["splits"][valid_split]["shards"]]
         stats = self.manifest["stats"]
@@ -332,11 +332,12 @@ class Trainer:
             epoch = int(self.epoch_var.numpy())
             history_path = self.model_dir / "history.json"
             history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
-            best = min((h["valid_rmse"] for h in history), default=math.inf)
-            best_at = min(range(len(history)), key=lambda i: history[i]["valid_rmse"], default=-1)
             if rank == 0:
                 _log(f"resumed from {self.manager.latest_checkpoint} at epoch {epoch}")
-            return _Progress(epoch, 0, history, best, len(history) - 1 - best_at if history else 0)
+            if not history:
+                return _Progress(epoch)
+            best_at = min(range(len(history)), key=lambda i: history[i]["valid_rmse"])
+            return _Progress(epoch, 0, history, history[best_at]["valid_rmse"], len(history) - 1 - best_at)
         if resume and rank == 0:
             _log(f"--resume: no checkpoint in {self.model_dir / 'checkpoints'}, starting fresh")
         return _Progress()
@@ -525,5 +526,5 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
     tf.random.set_seed(cfg.train.seed + hvd.rank())
 
-    trainer = Trainer(cfg, max_steps)
+    trainer = Trainer(cfg, threads, max_steps)
     return trainer.fit_elastic(resume) if is_elastic() else trainer.fit(resume)
