@@ -97,6 +97,7 @@ class PrepareConfig:
     examples_per_record: int = 256  # examples per TFRecord record (block encoding, see docs)
     min_ratings_per_movie: int = 0
     min_ratings_per_user: int = 0
+    duplicate_broadcast_limit: int = 2_000_000  # repeated (user, movie) pairs broadcast, not shuffled
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import pandas as pd
 
 def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: float,
-                  min_per_movie: int, min_per_user: int):
+                  min_per_movie: int, min_per_user: int, broadcast_limit: int = 2_000_000):
     """Add a ``reason`` column to parsed ratings (null: kept). Header lines are removed.
 
     Args:
         parsed: DataFrame from :func:`recsys.prepare.reading.read_table` (ratings).
         user_ids: DataFrame(user_id) of valid users, or None when the format has no users file.
         movie_ids: DataFrame(movie_id) of valid movies.
+        broadcast_limit: at most this many repeated (user, movie) pairs are broadcast to
+            the duplicate check (about 16 bytes each); more are joined by a shuffle.
     Duplicates of a (user, movie) pair keep the latest rating by timestamp (ties: the
     higher rating, then the raw line text, so the choice is deterministic).
     """
@@ -36,17 +38,27 @@ def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: fl
     df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_movie_known").isNull(),
                                         F.lit("unknown_movie")).otherwise(F.col("reason"))).drop("_movie_known")
     # Duplicates among rows still kept. Most pairs occur once, so find the repeated pairs
-    # with a cheap aggregation first and rank (sort) only the rows of those pairs.
+    # with a cheap aggregation first and rank (sort) only the rows of those pairs. When
+    # they are few (the usual case; none in MovieLens), they are broadcast to the join, so
+    # the rows themselves are never shuffled.
     alive = F.col("reason").isNull()
-    repeated = (df.filter(alive).groupBy("user_id", "movie_id").count().filter(F.col("count") > 1)
-                .select("user_id", "movie_id", F.lit(True).alias("_repeated")))
-    df = df.join(repeated, ["user_id", "movie_id"], "left")
-    contested = alive & F.col("_repeated").isNotNull()
-    w = Window.partitionBy("user_id", "movie_id").orderBy(F.col("timestamp").desc(), F.col("rating").desc(),
-                                                          F.col("text"))
-    ranked = df.filter(contested).withColumn(
-        "reason", F.when(F.row_number().over(w) > 1, F.lit("duplicate")).otherwise(F.col("reason")))
-    df = df.filter(~contested).unionByName(ranked).drop("_repeated")
+    # keyed by one 64-bit hash of the pair (a cheaper aggregation than two keys); a rare
+    # collision only makes a unique pair "contested", and ranking by the real pair keeps it
+    pair = F.xxhash64("user_id", "movie_id")
+    repeated = (df.filter(alive).groupBy(pair.alias("_pair")).count().filter(F.col("count") > 1)
+                .select("_pair", F.lit(True).alias("_repeated")))
+    repeated = repeated.cache()  # counted here, joined below: aggregated once
+    n_repeated = repeated.count()
+    if n_repeated:
+        if n_repeated <= broadcast_limit:
+            repeated = F.broadcast(repeated)
+        df = df.withColumn("_pair", pair).join(repeated, "_pair", "left").drop("_pair")
+        contested = alive & F.col("_repeated").isNotNull()
+        w = Window.partitionBy("user_id", "movie_id").orderBy(F.col("timestamp").desc(), F.col("rating").desc(),
+                                                              F.col("text"))
+        ranked = df.filter(contested).withColumn(
+            "reason", F.when(F.row_number().over(w) > 1, F.lit("duplicate")).otherwise(F.col("reason")))
+        df = df.filter(~contested).unionByName(ranked).drop("_repeated")
     if min_per_movie > 0:
         counts = df.filter(F.col("reason").isNull()).groupBy("movie_id").agg(F.count("*").alias("_n"))
         df = df.join(counts, "movie_id", "left").withColumn(

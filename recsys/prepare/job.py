@@ -31,6 +31,7 @@ from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError, DataError
 from recsys.features import ENC, OOV_ID, FeatureEncoder, build_vocabularies
 from recsys.prepare import cleaning, reading, splitting, tfrecords
+from recsys.prepare.feature_table import FeatureTable
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -103,6 +104,7 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 
 
 def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], out: Path, log: _Log) -> dict:
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     spec = FORMATS[fmt]
@@ -115,11 +117,14 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     # the columns it needs, and nothing (Python parsing included) is recomputed when memory
     # runs short at scale. The stage directory is removed before the output is renamed.
     stage = out / "_stage"
-    parsed["ratings"].write.parquet(str(stage / "parsed"))
+    # counts are observed while each stage is written: no extra pass over the data
+    lines_seen = Observation("lines")
+    (parsed["ratings"].observe(lines_seen, F.count(F.lit(1)).alias("lines"),
+                               F.count(F.when(F.col("status") == "header", 1)).alias("headers"))
+     .write.parquet(str(stage / "parsed")))
+    header_lines = lines_seen.get["headers"]
+    rating_lines = lines_seen.get["lines"] - header_lines
     ratings_parsed = spark.read.parquet(str(stage / "parsed"))
-    status_counts = {(r["file"], r["status"]): r["count"]
-                     for r in ratings_parsed.groupBy("file", "status").count().collect()}
-    rating_lines = sum(n for (f, s), n in status_counts.items() if s != "header")
     if rating_lines == 0:
         raise DataError(f"{files['ratings']}: the ratings file has no data lines")
     dims = {t: parsed[t].toPandas() for t in ("users", "movies") if t in parsed}
@@ -135,42 +140,52 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
         user_ids = None
     movie_ids = spark.createDataFrame(movies[["movie_id"]])
     cleaned = cleaning.clean_ratings(ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max,
-                                     pc.min_ratings_per_movie, pc.min_ratings_per_user)
-    cleaned.write.parquet(str(stage / "cleaned"))
-    cleaned = spark.read.parquet(str(stage / "cleaned"))
-    kept = cleaned.filter(F.col("reason").isNull()).select("user_id", "movie_id", "rating", "timestamp")
-    rejected = cleaned.filter(F.col("reason").isNotNull())
-    if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
-        ids = sorted(r["user_id"] for r in kept.select("user_id").distinct().collect())
-        users = pd.DataFrame({"user_id": ids, "gender": None, "age": None, "occupation": None, "zip": None,
-                              "file": None, "text": None})
-    n_rejected = rejected.count()
+                                     pc.min_ratings_per_movie, pc.min_ratings_per_user,
+                                     pc.duplicate_broadcast_limit)
+    kept = cleaned.filter(F.col("reason").isNull())
+
+    # ---------------------------------------------------------------- split
+    # Cleaning and splitting are one pass, written once, one directory per split plus one
+    # for the quarantined rows: each later step reads only the rows and columns it needs.
+    sc = pc.split
+    # the rated ids are needed only to draw cold-start holdouts (one more pass over the input)
+    rated_users = _distinct(kept, "user_id") if sc.cold_user_fraction > 0 else []
+    rated_movies = _distinct(kept, "movie_id") if sc.cold_movie_fraction > 0 else []
+    cold_users = splitting.choose_cold(rated_users, sc.cold_user_fraction, sc.seed, "users")
+    cold_movies = splitting.choose_cold(rated_movies, sc.cold_movie_fraction, sc.seed, "movies")
+    split_df = splitting.assign_splits(spark, cleaned, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies,
+                                       sc.validation_fraction)
+    quarantined = F.col("split") == splitting.QUARANTINED
+    split_df = split_df.withColumn("text", F.when(quarantined, F.col("text")))  # kept rows need no raw line
+    # counts are observed while the pass is written: no extra pass over the data
+    split_seen = Observation("split")
+    train_rating = F.when(F.col("split") == "train", F.col("rating"))
+    (split_df.observe(split_seen, F.count(F.when(quarantined, 1)).alias(splitting.QUARANTINED),
+                      *[F.count(F.when(F.col("split") == name, 1)).alias(name) for name in splitting.SPLITS],
+                      F.avg(train_rating).alias("mean"), F.stddev_pop(train_rating).alias("std"))
+     .write.partitionBy("split").parquet(str(stage / "split")))
+    stats = split_seen.get
+    n_rejected = stats[splitting.QUARANTINED]
+    rejected = (spark.read.parquet(str(stage / "split" / f"split={splitting.QUARANTINED}")) if n_rejected
+                else spark.createDataFrame([], reading.STATUS_FIELDS))
     log("clean", f"{rating_lines - n_rejected:,} ratings kept, {n_rejected:,} quarantined")
     if n_rejected == rating_lines:
         raise DataError(_nothing_kept(files["ratings"], rejected, spec))
-
-    # ---------------------------------------------------------------- split
-    sc = pc.split
-    rated_users = [r["user_id"] for r in kept.select("user_id").distinct().collect()]
-    rated_movies = [r["movie_id"] for r in kept.select("movie_id").distinct().collect()]
-    cold_users = splitting.choose_cold(rated_users, sc.cold_user_fraction, sc.seed, "users")
-    cold_movies = splitting.choose_cold(rated_movies, sc.cold_movie_fraction, sc.seed, "movies")
-    split_df = splitting.assign_splits(spark, kept, sc.strategy, sc.test_fraction, sc.seed, cold_users, cold_movies,
-                                       sc.validation_fraction)
-    split_df.write.parquet(str(stage / "split"))
-    split_df = spark.read.parquet(str(stage / "split"))
-    split_counts = {r["split"]: r["count"] for r in split_df.groupBy("split").count().collect()}
-    train = split_df.filter(F.col("split") == "train")
-    stats = train.agg(F.avg("rating").alias("mean"), F.stddev_pop("rating").alias("std"),
-                      F.count("*").alias("n"), F.countDistinct("user_id").alias("users"),
-                      F.countDistinct("movie_id").alias("movies")).collect()[0]
+    split_counts = {name: stats[name] for name in splitting.SPLITS if stats[name]}
+    stats["n"] = stats["train"]
     if not stats["n"]:
         raise DataError(f"{files['ratings']}: no ratings left for training after cleaning and splitting")
+    train = spark.read.parquet(str(stage / "split" / "split=train"))
+    if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
+        kept_splits = [str(stage / "split" / f"split={name}") for name in split_counts]
+        ids = sorted(_distinct(spark.read.parquet(*kept_splits), "user_id"))
+        users = pd.DataFrame({"user_id": ids, "gender": None, "age": None, "occupation": None, "zip": None,
+                              "file": None, "text": None})
     log("split", f"{sc.strategy}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(split_counts.items())))
 
     # ---------------------------------------------------------------- vocabularies and encoding
-    train_users = {r["user_id"] for r in train.select("user_id").distinct().collect()}
-    train_movies = {r["movie_id"] for r in train.select("movie_id").distinct().collect()}
+    train_users = set(_distinct(train, "user_id"))
+    train_movies = set(_distinct(train, "movie_id"))
     vocabs = build_vocabularies(_records(users), _records(movies), settings,
                                 train_users, train_movies)
     encoder = FeatureEncoder.from_settings(vocabs, settings)
@@ -187,41 +202,38 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     log("encode", ", ".join(f"{k} {v.size:,}" for k, v in vocabs.vocabs.items()))
 
     # ---------------------------------------------------------------- write shards
+    # Each split is dealt round-robin into its shards (exactly balanced record counts), put in
+    # a seeded-hash order within each shard, and written by one Python task per shard: the
+    # TFRecords and the Parquet copy in the same pass, features looked up there with numpy.
+    # The input is a Parquet scan in file order, so the round-robin deal is reproducible (also
+    # on a retried task) without Spark's extra local sort before repartition.
+    spark.conf.set("spark.sql.execution.sortBeforeRepartition", "false")
     spec_json = feature_spec.to_json()
     feats = spec_json["features"]
-    user_cols = [f["name"] for f in feats if f["tower"] == "user"]
-    movie_cols = [f["name"] for f in feats if f["tower"] == "movie"]
-    u_df = spark.createDataFrame(users_enc[["user_id", *[ENC + c for c in user_cols]]]).select(
-        F.col("user_id").alias("raw_user_id"), *[F.col(ENC + c).alias(c) for c in user_cols])
-    m_df = spark.createDataFrame(movies_enc[["movie_id", *[ENC + c for c in movie_cols]]]).select(
-        F.col("movie_id").alias("raw_movie_id"), *[F.col(ENC + c).alias(c) for c in movie_cols])
-    joined = (split_df.withColumnRenamed("user_id", "raw_user_id").withColumnRenamed("movie_id", "raw_movie_id")
-              .join(F.broadcast(u_df), "raw_user_id").join(F.broadcast(m_df), "raw_movie_id")
-              .withColumn("rating", F.col("rating").cast("float"))
-              .withColumn("_order", F.xxhash64(F.lit(sc.seed), F.lit("order"), "raw_user_id", "raw_movie_id")))
-    joined.write.partitionBy("split").parquet(str(stage / "joined"))
-    joined = spark.read.parquet(str(stage / "joined"))
+    users_table = FeatureTable.from_frame("users", users_enc, "user_id",
+                                          [f["name"] for f in feats if f["tower"] == "user"])
+    movies_table = FeatureTable.from_frame("movies", movies_enc, "movie_id",
+                                           [f["name"] for f in feats if f["tower"] == "movie"])
     shard_counts = {"train": pc.shards.train, "valid": pc.shards.test, "test": pc.shards.test, "cold_users": pc.shards.cold,
                     "cold_movies": pc.shards.cold}
     splits_out: dict[str, dict] = {}
     for split in splitting.SPLITS:
         if split not in split_counts:
             continue
-        part = joined.filter(F.col("split") == split).select(*[f["name"] for f in feats], "_order")
-        rows = (part.repartition(shard_counts[split]).sortWithinPartitions("_order")
-                .mapInArrow(tfrecords.shard_writer(split, str(out), feats, pc.examples_per_record),
-                            tfrecords.SHARD_SCHEMA).collect())
+        part = (spark.read.parquet(str(stage / "split" / f"split={split}"))
+                .select("user_id", "movie_id", "rating", "timestamp")
+                .withColumn("_order", F.xxhash64(F.lit(sc.seed), F.lit("order"), "user_id", "movie_id")))
+        writer = tfrecords.shard_writer(split, str(out), feats, pc.examples_per_record, users_table, movies_table)
+        rows = (part.repartition(shard_counts[split]).sortWithinPartitions("_order").drop("_order")
+                .mapInArrow(writer, tfrecords.SHARD_SCHEMA).collect())
         shards = sorted((r.asDict() for r in rows), key=lambda r: r["shard"])
         for s in shards:
             del s["split"]
         splits_out[split] = {"examples": sum(s["examples"] for s in shards),
                              "records": sum(s["records"] for s in shards), "shards": shards}
-        # Parquet copy with original ids (evaluation, baselines, serving's "seen" lists)
-        (joined.filter(F.col("split") == split)
-         .select(F.col("raw_user_id").alias("user_id"), F.col("raw_movie_id").alias("movie_id"), "rating",
-                 "timestamp", F.col("user_id").alias("user_idx"), F.col("movie_id").alias("movie_idx"))
-         .orderBy("user_id", "movie_id").coalesce(max(1, shard_counts[split] // 4))
-         .write.parquet(str(out / f"ratings_{split}")))
+        if splits_out[split]["examples"] != split_counts[split]:
+            raise ArtifactError(f"{split}: wrote {splits_out[split]['examples']:,} examples, the split has "
+                                f"{split_counts[split]:,} ratings")
         log("write", f"{split}: {splits_out[split]['examples']:,} examples in {len(shards)} shards "
                      f"({min(s['examples'] for s in shards):,}..{max(s['examples'] for s in shards):,} per shard)")
 
@@ -232,15 +244,12 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     qdir = out / "quarantine"
     qdir.mkdir()
     rejected.select("file", "reason", "detail", "text").write.parquet(str(qdir / "ratings"))
-    rej_counts: dict[str, dict[str, int]] = {}
-    for r in spark.read.parquet(str(qdir / "ratings")).groupBy("file", "reason").count().collect():
-        rej_counts.setdefault(r["file"], {})[r["reason"]] = r["count"]
+    rej_counts = {r["reason"]: r["count"]
+                  for r in spark.read.parquet(str(qdir / "ratings")).groupBy("reason").count().collect()}
     kept_written = sum(s["examples"] for s in splits_out.values())
     accounting = {}
-    ratings_file = next(iter({f for f, _ in status_counts}))
     accounting["ratings"] = _account(str(files["ratings"]), rating_lines,
-                                     sum(n for (f, s), n in status_counts.items() if s == "header"),
-                                     kept_written, rej_counts.get(ratings_file, {}))
+                                     header_lines, kept_written, rej_counts)
     for table, kept_df, rej_df in (("users", users, users_rej), ("movies", movies, movies_rej)):
         if rej_df is None:
             continue
@@ -274,7 +283,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                   "cold_users": len(cold_users), "cold_movies": len(cold_movies)},
         "splits": splits_out,
         "stats": {"train_rating_mean": stats["mean"], "train_rating_std": stats["std"],
-                  "train_ratings": stats["n"], "train_users": stats["users"], "train_movies": stats["movies"],
+                  "train_ratings": stats["n"], "train_users": len(train_users), "train_movies": len(train_movies),
                   "rating_min": cfg.data.rating_min, "rating_max": cfg.data.rating_max},
         "accounting": accounting,
         "tables": {name: {"path": name, "sha256": sha256_file(out / name)} for name in ("users.parquet", "movies.parquet")},
@@ -282,6 +291,11 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     shutil.rmtree(stage, ignore_errors=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
+
+
+def _distinct(df, column: str) -> list[int]:
+    """The distinct values of an id column, collected to the driver (ids of users or movies)."""
+    return [r[0] for r in df.select(column).distinct().collect()]
 
 
 def _nothing_kept(path: Path, rejected, spec) -> str:

@@ -1,7 +1,7 @@
 """Raw MovieLens files -> parsed Spark DataFrames, one status per line.
 
-Lines are read by Spark's CSV reader configured to split only on line ends and decode as
-ISO-8859-1, which maps every byte to one character and so loses nothing. Users and movies
+Lines are read by Spark's text source, byte for byte, and decoded as ISO-8859-1, which
+maps every byte to one character and so loses nothing (:func:`read_lines`). Users and movies
 lines are then re-decoded (UTF-8 first, then the format's legacy encoding) and parsed by
 the same parsers the pandas readers use (:mod:`recsys.datasets.formats`), per Arrow batch
 with ``mapInArrow``. Ratings lines (all numbers, the bulk of the data) are parsed with
@@ -94,7 +94,7 @@ def _arrow_schema(table: str):
 # checked field by field in the same order. Users and movies (text, small) use the parsers.
 RATING_LAYOUT = {"ml-100k": ("\t", None), "ml-1m": ("::", None), "ml-latest": (",", "userId,"),
                  "recbole": ("\t", "user_id:")}
-_BOM_AS_LATIN1 = "^\u00ef\u00bb\u00bf"
+_BOM_AS_LATIN1 = "\u00ef\u00bb\u00bf"  # the UTF-8 byte order mark, read as latin-1
 
 
 def parse_ratings_native(lines, format_name: str):
@@ -104,7 +104,8 @@ def parse_ratings_native(lines, format_name: str):
     from pyspark.sql import functions as F
 
     sep, header = RATING_LAYOUT[format_name]
-    line = F.regexp_replace(F.col("line"), _BOM_AS_LATIN1, "")
+    raw = F.col("line")
+    line = F.when(raw.startswith(_BOM_AS_LATIN1), raw.substr(F.lit(len(_BOM_AS_LATIN1) + 1), F.length(raw))).otherwise(raw)
     parts = F.split(line, re.escape(sep), -1)
     f = [F.trim(parts.getItem(i)) for i in range(4)]
     uid, mid = f[0].try_cast("long"), f[1].try_cast("long")

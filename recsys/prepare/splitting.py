@@ -19,6 +19,7 @@ import random
 from typing import Iterable
 
 SPLITS = ("train", "valid", "test", "cold_users", "cold_movies")
+QUARANTINED = "quarantined"  # the split value of the rows cleaning rejected
 _HASH_SCALE = 1_000_000_000
 
 
@@ -37,13 +38,15 @@ def pair_hash(seed: int, salt: str):
     return F.pmod(h, F.lit(_HASH_SCALE)) / F.lit(float(_HASH_SCALE))
 
 
-def assign_splits(spark, kept, strategy: str, test_fraction: float, seed: int,
+def assign_splits(spark, rows, strategy: str, test_fraction: float, seed: int,
                   cold_users: list[int], cold_movies: list[int], validation_fraction: float = 0.0):
-    """Add a ``split`` column (one of :data:`SPLITS`) to the kept ratings."""
+    """Add a ``split`` column to cleaned ratings: one of :data:`SPLITS` for the kept rows (null
+    ``reason``), :data:`QUARANTINED` for the rejected ones, which take no part in the split."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    df = kept
+    df = rows
+    kept = F.col("reason").isNull()
     if cold_users:
         cu = spark.createDataFrame([(int(u), True) for u in cold_users], "user_id long, _cold_user boolean")
         df = df.join(F.broadcast(cu), "user_id", "left")
@@ -59,7 +62,7 @@ def assign_splits(spark, kept, strategy: str, test_fraction: float, seed: int,
     if strategy == "random":
         regular = F.when(u < test_fraction, "test").otherwise("train")
     elif strategy in ("user_stratified", "temporal"):
-        normal = F.col("_cold_user").isNull() & F.col("_cold_movie").isNull()
+        normal = kept & F.col("_cold_user").isNull() & F.col("_cold_movie").isNull()
         order = [u] if strategy == "user_stratified" else [F.col("timestamp").desc(), F.col("movie_id").desc()]
         w = Window.partitionBy("user_id", normal.alias("_normal")).orderBy(*order)
         wn = Window.partitionBy("user_id", normal.alias("_normal"))
@@ -69,6 +72,6 @@ def assign_splits(spark, kept, strategy: str, test_fraction: float, seed: int,
         raise ValueError(strategy)
     # validation: a seeded-hash share of what would otherwise be training data
     regular = F.when((regular == "train") & (pair_hash(seed, "valid") < validation_fraction), "valid").otherwise(regular)
-    df = df.withColumn("split", F.when(F.col("_cold_user").isNotNull(), "cold_users")
+    df = df.withColumn("split", F.when(~kept, QUARANTINED).when(F.col("_cold_user").isNotNull(), "cold_users")
                        .when(F.col("_cold_movie").isNotNull(), "cold_movies").otherwise(regular))
     return df.drop("_cold_user", "_cold_movie", "_rank", "_n")
