@@ -158,6 +158,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     quarantined = F.col("split") == splitting.QUARANTINED
     split_df = split_df.withColumn("text", F.when(quarantined, F.col("text")))  # kept rows need no raw line
     # counts are observed while the pass is written: no extra pass over the data
+    # a writer per split value instead of sorting every row by split first
+    spark.conf.set("spark.sql.maxConcurrentOutputFileWriters", str(len(splitting.SPLITS) + 1))
     split_seen = Observation("split")
     train_rating = F.when(F.col("split") == "train", F.col("rating"))
     (split_df.observe(split_seen, F.count(F.when(quarantined, 1)).alias(splitting.QUARANTINED),
