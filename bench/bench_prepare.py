@@ -1,14 +1,18 @@
 #!/usr/bin/env python
 """Benchmark the Spark prepare job against a single-process pandas encode-and-write.
 
-    python bench/bench_prepare.py --spark-config conf/synth-25m.yaml --pandas 1000000 --pandas 5000000
+    python bench/bench_prepare.py --spark-config conf/synth-25m.yaml --pandas 1000000 --pandas 5000000 \
+        --encoders 500000
 
 Spark: runs ``spark-submit jobs/prepare.py`` on the config's raw data (generate it first
 with ``recsys data synth --config conf/synth-25m.yaml``) and samples the peak RSS of the
 driver (in local mode the driver JVM also runs the executors' JVM side; the Python workers
 are reported separately). pandas: reads the first N ratings of the same files with the
 same parsers, encodes with the same FeatureEncoder, splits by the same rule and writes the
-same block-encoded TFRecords, in one process. Prints Markdown rows for docs/benchmarks.md.
+same block-encoded TFRecords (with the job's encoder), in one process. Encoders: the
+TFRecord serialization alternatives on the first N prepared training examples, one core each,
+each read back with tf.data and compared with its input. Prints Markdown rows for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def bench_pandas(raw: str, n: int, examples_per_record: int = 256) -> None:
     from recsys.config import load_config
     from recsys.datasets.formats import FORMATS, decode_line
     from recsys.features import FeatureEncoder, build_vocabularies
-    from recsys.prepare.tfrecords import serialize_block
+    from recsys.prepare.tfrecords import encode_records
 
     proc = psutil.Process()
     started = time.time()
@@ -115,8 +119,8 @@ def bench_pandas(raw: str, n: int, examples_per_record: int = 256) -> None:
                 col = df[f["name"]]
                 cols[f["name"]] = np.stack(col.to_numpy()) if f["shape"] else col.to_numpy()
             with tf.io.TFRecordWriter(os.path.join(out, f"{name}.tfrecord")) as w:
-                for s in range(0, len(df), examples_per_record):
-                    w.write(serialize_block({k: v[s:s + examples_per_record] for k, v in cols.items()}, spec_feats))
+                for record in encode_records(cols, spec_feats, examples_per_record):
+                    w.write(record)
         seconds = time.time() - started
         rss = proc.memory_info().rss / 2**20
     finally:
@@ -124,11 +128,61 @@ def bench_pandas(raw: str, n: int, examples_per_record: int = 256) -> None:
     print(f"| pandas, one process | {n:,} | {seconds:.0f} | {n / seconds:,.0f} | {rss:,.0f} (process) | - |")
 
 
+def bench_encoders(config: str, n: int) -> None:
+    """Serialization alternatives on the first ``n`` prepared training examples (one core)."""
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    from recsys.config import load_config
+    from recsys.prepare.tfrecords import encode_records, parse_blocks, read_shards, serialize_block
+
+    prepared = Path(load_config(config).paths.prepared)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    feats = manifest["features"]["features"]
+    paths, have = [], 0
+    for shard in manifest["splits"]["train"]["shards"]:
+        paths.append(str(prepared / shard["path"]))
+        have += shard["examples"]
+        if have >= n:
+            break
+    cols = {k: v[:n] for k, v in read_shards(paths, feats).items()}
+    n = len(cols["rating"])
+
+    def protobuf_classes(per_record):
+        return [serialize_block({k: v[s:s + per_record] for k, v in cols.items()}, feats) for s in range(0, n, per_record)]
+
+    print(f"| encoder | examples per record | examples/s (one core) | bytes/example | read back by tf.data |")
+    print("|---|---:|---:|---:|---|")
+    for name, per_record, encode in (
+            ("tf.train.Example classes", 1, lambda: protobuf_classes(1)),
+            ("tf.train.Example classes", 256, lambda: protobuf_classes(256)),
+            ("vectorized wire format (the job's)", 1, lambda: encode_records(cols, feats, 1)),
+            ("vectorized wire format (the job's)", 64, lambda: encode_records(cols, feats, 64)),
+            ("vectorized wire format (the job's)", 256, lambda: encode_records(cols, feats, 256)),
+            ("vectorized wire format (the job's)", 1024, lambda: encode_records(cols, feats, 1024))):
+        started = time.perf_counter()
+        records = encode()
+        seconds = time.perf_counter() - started
+        back = {k: [] for k in cols}
+        for batch in tf.data.Dataset.from_tensor_slices(records).batch(512).map(lambda r: parse_blocks(r, feats)):
+            for k, v in batch.items():
+                back[k].append(v.numpy())
+        same = all(np.array_equal(np.concatenate(back[k]), cols[k]) for k in cols)
+        print(f"| {name} | {per_record} | {n / seconds:,.0f} | {sum(map(len, records)) / n:.1f} | "
+              f"{'identical' if same else 'DIFFERENT'} |", flush=True)
+        if not same:
+            raise SystemExit(f"{name}, {per_record} per record: tf.data read back different values")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spark-config", default=None)
     parser.add_argument("--pandas", type=int, action="append", default=[])
     parser.add_argument("--pandas-raw", default="data/raw/synth-25m")
+    parser.add_argument("--encoders", type=int, default=0,
+                        help="also compare TFRecord encoders on this many prepared training examples")
     args = parser.parse_args()
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     print("| pipeline | ratings | wall s | ratings/s | peak RSS MiB | Python workers MiB |")
@@ -137,6 +191,8 @@ def main() -> None:
         bench_pandas(args.pandas_raw, n)
     if args.spark_config:
         bench_spark(args.spark_config)
+    if args.encoders:
+        bench_encoders(args.spark_config or "conf/synth-25m.yaml", args.encoders)
 
 
 if __name__ == "__main__":

@@ -139,9 +139,10 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
         users_rej = None
         user_ids = None
     movie_ids = spark.createDataFrame(movies[["movie_id"]])
-    cleaned = cleaning.clean_ratings(ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max,
-                                     pc.min_ratings_per_movie, pc.min_ratings_per_user,
-                                     pc.duplicate_broadcast_limit)
+    cleaned, repeated_pairs = cleaning.clean_ratings(
+        ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max, pc.min_ratings_per_movie,
+        pc.min_ratings_per_user, pc.duplicate_broadcast_limit)
+    log("dedup", f"{repeated_pairs:,} (user, movie) pairs rated more than once")
     kept = cleaned.filter(F.col("reason").isNull())
 
     # ---------------------------------------------------------------- split
