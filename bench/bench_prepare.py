@@ -166,7 +166,8 @@ def bench_encoders(config: str, n: int) -> None:
         records = encode()
         seconds = time.perf_counter() - started
         back = {k: [] for k in cols}
-        for batch in tf.data.Dataset.from_tensor_slices(records).batch(512).map(lambda r: parse_blocks(r, feats)):
+        parse = tf.autograph.experimental.do_not_convert(lambda r: parse_blocks(r, feats))
+        for batch in tf.data.Dataset.from_tensor_slices(records).batch(512).map(parse):
             for k, v in batch.items():
                 back[k].append(v.numpy())
         same = all(np.array_equal(np.concatenate(back[k]), cols[k]) for k in cols)

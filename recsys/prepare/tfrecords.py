@@ -3,10 +3,11 @@
 A record holds up to ``examples_per_record`` consecutive examples (a "block"): each
 feature is one flat list holding the block's values back to back (a scalar feature gives
 ``n`` values, a list feature of length ``L`` gives ``n * L``). Building one protobuf per
-block instead of per example makes the Python writer about 12x faster (bench/ and
-docs/benchmarks.md); ``examples_per_record: 1`` gives classic one-example records, read by
-the same code. :func:`parse_blocks` turns a batch of serialized records into per-example
-tensors of the shapes the feature spec states.
+block instead of per example makes the Python writer over 25x faster, and the job builds
+the records' wire format with numpy (:func:`encode_records`) rather than protobuf objects
+(bench/bench_prepare.py --encoders, docs/benchmarks.md); ``examples_per_record: 1`` gives
+classic one-example records, read by the same code. :func:`parse_blocks` turns a batch of
+serialized records into per-example tensors of the shapes the feature spec states.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def read_shards(paths: list[str], spec_features: list[dict], batch_records: int 
     """Every example of the given shard files as numpy arrays (for checks and evaluation)."""
     import tensorflow as tf
 
-    ds = tf.data.TFRecordDataset(paths).batch(batch_records).map(lambda s: parse_blocks(s, spec_features))
+    parse = tf.autograph.experimental.do_not_convert(lambda s: parse_blocks(s, spec_features))  # plain TF ops
+    ds = tf.data.TFRecordDataset(paths).batch(batch_records).map(parse)
     parts: dict[str, list[np.ndarray]] = {f["name"]: [] for f in spec_features}
     for batch in ds.as_numpy_iterator():
         for k, v in batch.items():
