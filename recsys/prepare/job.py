@@ -42,6 +42,9 @@ class _Log:
         self.started = time.time()
         self.last = self.started
 
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
     def __call__(self, stage: str, msg: str) -> None:
         now = time.time()
         print(f"[prepare] {stage:9s} {msg} ({now - self.last:.1f}s, total {now - self.started:.1f}s)",
@@ -89,7 +92,9 @@ def run_prepare(cfg: Config, spark=None) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log("done", f"wrote {dest} ({manifest['splits']['train']['examples']:,} train examples)")
+    rows = manifest["accounting"]["ratings"]["rows_read"]
+    log("done", f"wrote {dest} ({manifest['splits']['train']['examples']:,} train examples; "
+                f"{rows / max(log.elapsed(), 1e-9):,.0f} rating lines/s overall)")
     return manifest
 
 
