@@ -163,9 +163,9 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                                        sc.validation_fraction)
     quarantined = F.col("split") == splitting.QUARANTINED
     split_df = split_df.withColumn("text", F.when(quarantined, F.col("text")))  # kept rows need no raw line
-    # counts are observed while the pass is written: no extra pass over the data
     # a writer per split value instead of sorting every row by split first
     spark.conf.set("spark.sql.maxConcurrentOutputFileWriters", str(len(splitting.SPLITS) + 1))
+    # counts are observed while the pass is written: no extra pass over the data
     split_seen = Observation("split")
     train_rating = F.when(F.col("split") == "train", F.col("rating"))
     (split_df.observe(split_seen, F.count(F.when(quarantined, 1)).alias(splitting.QUARANTINED),
@@ -210,7 +210,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     log("encode", ", ".join(f"{k} {v.size:,}" for k, v in vocabs.vocabs.items()))
 
     # ---------------------------------------------------------------- write shards
-    # Each split is dealt round-robin into its shards (exactly balanced record counts), put in
+    # Each split is dealt round-robin into its shards (counts within a few examples), put in
     # a seeded-hash order within each shard, and written by one Python task per shard: the
     # TFRecords and the Parquet copy in the same pass, features looked up there with numpy.
     # The input is a Parquet scan in file order, so the round-robin deal is reproducible (also
