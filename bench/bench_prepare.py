@@ -153,7 +153,7 @@ def bench_encoders(config: str, n: int) -> None:
     def protobuf_classes(per_record):
         return [serialize_block({k: v[s:s + per_record] for k, v in cols.items()}, feats) for s in range(0, n, per_record)]
 
-    print(f"| encoder | examples per record | examples/s (one core) | bytes/example | read back by tf.data |")
+    print("| encoder | examples per record | examples/s (one core) | bytes/example | read back by tf.data |")
     print("|---|---:|---:|---:|---|")
     for name, per_record, encode in (
             ("tf.train.Example classes", 1, lambda: protobuf_classes(1)),
