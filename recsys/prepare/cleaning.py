@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: float,
-                  min_per_movie: int, min_per_user: int, broadcast_limit: int = 2_000_000):
+                  min_per_movie: int, min_per_user: int, broadcast_limit: int):
     """Add a ``reason`` column to parsed ratings (null: kept). Header lines are removed.
 
     Returns ``(rows, repeated_pairs)``: the rows (lazy, but the duplicate check has run) and
@@ -57,7 +57,9 @@ def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: fl
                 .select("_pair", F.lit(True).alias("_repeated")))
     repeated = repeated.cache()  # counted here, joined below: aggregated once
     n_repeated = repeated.count()
-    if n_repeated:
+    if not n_repeated:
+        repeated.unpersist()
+    else:
         if n_repeated <= broadcast_limit:
             repeated = F.broadcast(repeated)
         df = df.withColumn("_pair", pair).join(repeated, "_pair", "left").drop("_pair")

@@ -180,8 +180,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     if n_rejected == rating_lines:
         raise DataError(_nothing_kept(files["ratings"], rejected, spec))
     split_counts = {name: stats[name] for name in splitting.SPLITS if stats[name]}
-    stats["n"] = stats["train"]
-    if not stats["n"]:
+    if not stats["train"]:
         raise DataError(f"{files['ratings']}: no ratings left for training after cleaning and splitting")
     train = spark.read.parquet(str(stage / "split" / "split=train"))
     if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
@@ -291,7 +290,7 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                   "cold_users": len(cold_users), "cold_movies": len(cold_movies)},
         "splits": splits_out,
         "stats": {"train_rating_mean": stats["mean"], "train_rating_std": stats["std"],
-                  "train_ratings": stats["n"], "train_users": len(train_users), "train_movies": len(train_movies),
+                  "train_ratings": stats["train"], "train_users": len(train_users), "train_movies": len(train_movies),
                   "rating_min": cfg.data.rating_min, "rating_max": cfg.data.rating_max},
         "accounting": accounting,
         "tables": {name: {"path": name, "sha256": sha256_file(out / name)} for name in ("users.parquet", "movies.parquet")},

@@ -73,17 +73,18 @@ def _parser(format_name: str, table: str):
                         status, reason, detail = "ok", None, None
                 for col, value in zip(out, (file, status, reason, detail, text, *row)):
                     col.append(value)
-            yield pa.RecordBatch.from_arrays([pa.array(c) for c in out], schema=_arrow_schema(table))
+            yield pa.RecordBatch.from_arrays([pa.array(c) for c in out], schema=arrow_schema(SCHEMAS[table]))
 
     return parse_batches
 
 
-def _arrow_schema(table: str):
+def arrow_schema(ddl: str):
+    """The pyarrow schema of a Spark DDL schema string of string/long/double/int fields."""
     import pyarrow as pa
 
     types = {"string": pa.string(), "long": pa.int64(), "double": pa.float64(), "int": pa.int32()}
     fields = []
-    for part in SCHEMAS[table].split(","):
+    for part in ddl.split(","):
         name, kind = part.split()
         fields.append(pa.field(name, types[kind]))
     return pa.schema(fields)

@@ -142,6 +142,7 @@ def shard_writer(split: str, out_dir: str, spec_features: list[dict], examples_p
         from pyspark import TaskContext
 
         from recsys.checksums import sha256_file
+        from recsys.prepare.reading import arrow_schema
 
         index = TaskContext.get().partitionId()
         path = os.path.join(out_dir, split, shard_name(index))
@@ -186,9 +187,7 @@ def shard_writer(split: str, out_dir: str, spec_features: list[dict], examples_p
             [{"split": split, "shard": index, "path": f"{split}/{shard_name(index)}", "records": records,
               "examples": examples, "sha256": sha256_file(path),
               "table": f"ratings_{split}/part-{index:05d}.parquet", "table_sha256": sha256_file(table_path)}],
-            schema=pa.schema([("split", pa.string()), ("shard", pa.int32()), ("path", pa.string()),
-                              ("records", pa.int64()), ("examples", pa.int64()), ("sha256", pa.string()),
-                              ("table", pa.string()), ("table_sha256", pa.string())]),
+            schema=arrow_schema(SHARD_SCHEMA),
         )
 
     return write
