@@ -58,6 +58,7 @@ class RecModel(keras.Model):
     """
 
     kind = "?"  # the registry name (model.kind)
+    label = "?"  # the name reports use
     rates = False  # True: score() is a predicted rating (validation RMSE, rating metrics)
     default_validation_metric = NDCG
 
