@@ -160,6 +160,9 @@ def _is_peer_failure(err: Exception) -> bool:
 
 
 
+LAST_RUN = None  # the latest Run of this process, for inspection after train() returns (tests)
+
+
 class TrainingDivergedError(RecsysError):
     """A loss became NaN or infinite."""
 
@@ -627,10 +630,12 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     """Train ``cfg.model.kind`` on ``cfg.paths.prepared`` into ``cfg.paths.model``; returns rank 0's model.json."""
     import horovod.tensorflow as hvd
 
+    global LAST_RUN
     hvd.init()                                       # Horovod 1: init (a size-1 world without horovodrun)
     threads = pin_device(cfg, hvd)                   # Horovod 2: pin one GPU per local rank
     run = build_run(cfg, hvd, threads, max_steps)    # Horovod 3+4: data spec (sharded in inputs()), lr x ranks
     run.train_step = make_train_step(run)            # Horovod 5: the wrapped tape
+    LAST_RUN = run
     progress = restore(run, resume)                  # rank 0 decides the resume point, broadcast
     if is_elastic():
         progress = fit_elastic(run, progress)        # Horovod 6: state.sync() broadcasts at every (re)start

@@ -40,11 +40,10 @@ class BPRMF(RecModel):
         super().__init__(spec, stats, cfg)
         b = cfg.bpr
         self.movie_vocab = self.feature_defs["movie_id"]["vocab_size"]
-        init = keras.initializers.RandomNormal(stddev=0.1)
         self.user_factors = keras.layers.Embedding(self.feature_defs["user_id"]["vocab_size"], b.factors,
-                                                   embeddings_initializer=init, name="user_factors")
-        self.movie_factors = keras.layers.Embedding(self.movie_vocab, b.factors, embeddings_initializer=init,
-                                                    name="movie_factors")
+                                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1), name="user_factors")
+        self.movie_factors = keras.layers.Embedding(self.movie_vocab, b.factors, name="movie_factors",
+                                                    embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1))
         self.movie_bias = keras.layers.Embedding(self.movie_vocab, 1, embeddings_initializer="zeros",
                                                  name="movie_bias")
 

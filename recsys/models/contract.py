@@ -166,16 +166,20 @@ def read_weights(model: RecModel, path: str | Path) -> None:
     path = str(path)
     if not Path(path + ".index").is_file():
         raise ArtifactError(f"model weights {path}.index not found")
-    status = tf.train.Checkpoint(model=model).read(path)
     try:
-        status.assert_consumed()
-    except AssertionError:
+        tf.train.Checkpoint(model=model).read(path).assert_consumed()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError):
         with tempfile.TemporaryDirectory() as tmp:  # the keys this model would write, to name the difference
             expected = _checkpoint_keys(tf.train.Checkpoint(model=model).write(os.path.join(tmp, "w")))
         found = _checkpoint_keys(path)
         missing, unexpected = sorted(expected - found), sorted(found - expected)
+        shapes = dict(tf.train.list_variables(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            mine = dict(tf.train.list_variables(tf.train.Checkpoint(model=model).write(os.path.join(tmp, "w"))))
+        changed = sorted(f"{k} {shapes[k]} != {mine[k]}" for k in expected & found if shapes[k] != mine[k])
         raise ArtifactError(f"weights {path} do not match the {model.kind} model built from its config: "
-                            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}") from None
+                            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+                            + (f"; other shapes {changed}" if changed else "")) from None
 
 
 def write_weights(model: RecModel, path: str | Path) -> str:
@@ -229,7 +233,7 @@ class ModelArtifact:
 
     def __init__(self, directory: Path, info: dict, model: RecModel):
         self.dir, self.info, self.model = directory, info, model
-        self.version = info["version"]
+        self.version = weights_version(directory)  # of the weights actually loaded
         self.spec = info["feature_spec"]
 
     @classmethod
