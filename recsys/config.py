@@ -164,7 +164,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up to the scaled learning rate
     lr_decay_per_epoch: float = 0.95  # after warm-up, the learning rate is multiplied by this every epoch
     shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
-    early_stopping_patience: int = 5  # epochs without validation-RMSE improvement
+    early_stopping_patience: int = 5  # epochs without improvement of the model's validation metric
     seed: int = 1
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks
