@@ -420,10 +420,8 @@ def restore(run: Run, resume: bool) -> _Progress:
     """
     hvd, progress = run.hvd, _Progress()
     if hvd.rank() == 0 and resume:
-        latest = run.manager.latest_checkpoint
+        latest = _restore_latest_readable(run)
         if latest:
-            # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
-            run.manager.checkpoint.restore(latest).assert_existing_objects_matched()
             epoch = int(run.epoch_var.numpy())
             history_path = run.model_dir / "history.json"
             history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
@@ -434,8 +432,58 @@ def restore(run: Run, resume: bool) -> _Progress:
                 progress.best, progress.bad_epochs = history[best_at]["valid_selection"], len(history) - 1 - best_at
         else:
             _log(f"--resume: no checkpoint in {run.model_dir / 'checkpoints'}, starting fresh")
+    if hvd.rank() == 0:
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
     # Horovod: every rank takes rank 0's resume point
     return _Progress(**run.hvd.broadcast_object(progress.fields(), root_rank=0))
+
+
+RUN_CONFIG = "run_config.json"  # the config of the run that wrote the checkpoints
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_resumed_config(run: Run) -> None:
+    """Compare the checkpointed run's config with this one: a changed model stops with one line naming
+    the keys; changed training settings go on and are logged."""
+    from recsys.errors import ConfigError
+
+    path = run.model_dir / RUN_CONFIG
+    if not path.is_file():
+        return
+    saved, new = _flat(json.loads(path.read_text())), _flat(run.cfg.to_dict())
+    differ = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    model_keys = [k for k in differ if k.startswith("model.")]
+    if model_keys:
+        raise ConfigError("--resume: the model differs from the checkpointed run's ("
+                          + ", ".join(f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in model_keys)
+                          + f"); train into another paths.model, or run without --resume to start over")
+    for k in (k for k in differ if k.startswith("train.")):
+        _log(f"--resume: {k} changed {saved.get(k)!r} -> {new.get(k)!r}; going on with the new value")
+
+
+def _restore_latest_readable(run: Run) -> str | None:
+    """Restore the newest checkpoint that reads completely; a damaged one falls back to the previous."""
+    import tensorflow as tf
+
+    if run.manager.latest_checkpoint:
+        _check_resumed_config(run)
+    for path in reversed(run.manager.checkpoints):
+        try:
+            # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
+            run.manager.checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError) as err:
+            _log(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); trying the previous one")
+    if run.manager.checkpoints:
+        raise ArtifactError(f"no checkpoint in {run.model_dir / 'checkpoints'} can be read; run without --resume")
+    return None
 
 
 def broadcast_start(run: Run) -> None:

@@ -167,3 +167,29 @@ def test_horovodrun_two_ranks_with_gloo():
     assert proc.stdout.count("SIZE 2") == 2
     check = subprocess.run([os.path.join(BIN, "horovodrun"), "--check-build"], capture_output=True, text=True)
     assert "[X] TensorFlow" in check.stdout and "[X] Gloo" in check.stdout
+
+
+def test_resume_checks_the_config_and_falls_back_from_a_damaged_checkpoint(prepared, tmp_path):
+    """--resume: a changed model shape stops with one line naming the keys; a changed training
+    setting goes on (logged); a damaged latest checkpoint falls back to the previous one."""
+    base, overrides = prepared
+    model_dir = tmp_path / "m"
+    first = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=2",
+                                      "--set", "train.early_stopping_patience=10"),
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
+                                        "--set", "model.output_dim=16"), env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert changed.returncode == 2 and len(errors) == 1 and "model.output_dim 8 -> 16" in errors[0], changed.stderr[-2000:]
+    assert "Traceback" not in changed.stderr
+    latest = sorted((model_dir / "checkpoints").glob("ckpt-2.data-*"))[0]
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a truncated last checkpoint
+    again = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
+                                      "--set", "train.learning_rate=0.001", "--set", "train.early_stopping_patience=10"),
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ckpt-2 cannot be read" in again.stderr and "resumed from" in again.stderr and "ckpt-1 at epoch 1" in again.stderr
+    assert "train.learning_rate changed 0.002 -> 0.001" in again.stderr
+    assert [h["epoch"] for h in json.loads((model_dir / "model.json").read_text())["history"]] == [1, 2, 3]
