@@ -500,8 +500,7 @@ def check_finite(run: Run, losses: dict, epoch: int, step: int) -> None:
             f"training diverged: non-finite loss {', '.join(f'{k}={v}' for k, v in bad.items())} at epoch "
             f"{epoch}, step {step}; likely knobs: train.learning_rate ({t.learning_rate:g} per rank, x{run.hvd.size()} "
             f"ranks), train.warmup_epochs ({t.warmup_epochs:g}), train.batch_size ({t.batch_size})"
-            + (f", model.retrieval_temperature ({run.cfg.model.retrieval_temperature:g})"
-               if "retrieval" in bad else ""))
+            + "".join(f", {hint}" for hint in run.model.divergence_knobs()))
 
 
 def close_epoch(run: Run, progress, losses: list[dict], seen: int, seconds: float, valid_ds) -> bool:

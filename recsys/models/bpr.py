@@ -79,6 +79,9 @@ class BPRMF(RecModel):
         v = tf.concat([m, b[:, None]], axis=-1)
         return {"score": v, "rank": v, "similarity": m}
 
+    def divergence_knobs(self) -> list[str]:
+        return [f"model.bpr.l2 ({self.cfg.bpr.l2:g})"]
+
     def named_losses(self, x, y):
         """bpr: mean over positives of mean over negatives of softplus(-(x_ui - x_uj)); l2: on the looked-up rows."""
         cfg = self.cfg.bpr

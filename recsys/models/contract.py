@@ -87,6 +87,10 @@ class RecModel(keras.Model):
         """Data-derived constants before training (e.g. a popularity table), on every rank; reads
         only the training split of the prepared directory."""
 
+    def divergence_knobs(self) -> list[str]:
+        """The model's own config keys (with values) worth checking when its loss diverges."""
+        return []
+
     def named_losses(self, x: dict, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """The training losses of a batch (features ``x``, ratings ``y`` [B]), each a float32 scalar
         with its name; the trainer minimises their sum and logs each."""

@@ -224,6 +224,10 @@ class RatingNetwork(RecModel):
     def retrieval(self) -> bool:
         return self.cfg.retrieval_weight > 0
 
+    def divergence_knobs(self) -> list[str]:
+        knobs = [f"model.l2 ({self.cfg.l2:g})"]
+        return knobs + ([f"model.retrieval_temperature ({self.cfg.retrieval_temperature:g})"] if self.retrieval else [])
+
     def prepare(self, prepared: Path) -> None:
         from recsys.models.data import movie_log_sampling_probability, training_user_history
 
