@@ -521,6 +521,7 @@ def close_epoch(run: Run, progress, losses: list[dict], seen: int, seconds: floa
     with averaged_weights(run):
         valid = validate(run, valid_ds)
     value = selection_value(run.metric, valid, cfg.model.validation_ndcg_weight)
+    valid.setdefault(run.metric, value)  # "mix": the combined figure is logged beside its parts
     epoch = progress.epoch + 1
     run.epoch_var.assign(epoch)
     record = {"epoch": epoch, "train_loss": sum(train.values()), **{f"train_{k}": v for k, v in train.items()},
