@@ -295,6 +295,8 @@ class ServedModel(Recommender):
     search with the same exclusions. Any model kind: the contract's vectors, no formula here.
     """
 
+    kind = "model"  # ours, as served
+
     def __init__(self, index_dir, label: str | None = None):
         self.index_dir, self.label = index_dir, label
 

@@ -116,7 +116,7 @@ def test_score_is_mu_plus_biases_plus_dot(prepared, history, tmp_path):
 def test_non_finite_loss_stops_with_one_line(prepared, tmp_path):
     """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs."""
     base, overrides = prepared
-    proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / "m", "--set", "train.learning_rate=1e30",
+    proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / "m", "--set", "train.learning_rate=1.0e+30",
                                      "--set", "train.warmup_epochs=0"),
                           env=ENV, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
