@@ -479,7 +479,7 @@ def _restore_latest_readable(run: Run) -> str | None:
             # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
             run.manager.checkpoint.restore(path).assert_existing_objects_matched()
             return path
-        except (tf.errors.OpError, ValueError, AssertionError) as err:
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as err:  # IndexError: a truncated file
             _log(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); trying the previous one")
     if run.manager.checkpoints:
         raise ArtifactError(f"no checkpoint in {run.model_dir / 'checkpoints'} can be read; run without --resume")
