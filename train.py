@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the rating network with Horovod (or as one plain process).
+"""Train the configured model (model.kind) with Horovod (or as one plain process).
 
     horovodrun -np 4 python train.py --config conf/ml-100k.yaml [--resume] [--set train.epochs=5]
     python train.py --config conf/ml-100k.yaml
@@ -27,7 +27,7 @@ def train(cfg, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("train.py", "Train the rating network (Horovod).", train, argv, _arguments)
+    return run_job("train.py", "Train the configured model (model.kind) with Horovod.", train, argv, _arguments)
 
 
 if __name__ == "__main__":

@@ -95,13 +95,11 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     if args.catalog:
         from recsys.export import load_vectors
-        from recsys.indexing import movie_items, user_queries
 
         v = load_vectors(args.catalog)
-        base = movie_items(v["movies"]["vectors"], v["movies"]["bias"])
-        q = user_queries(v["users"]["vectors"])
+        base, q = v["movies"]["rank"], v["users"]["rank"]  # what movies_ip serves (the model's rank vectors)
         q = np.concatenate([q] * (10000 // len(q) + 1))[:10000]
-        bench("ML-100K movies [m, b_m]", base, q, "HNSW32")
+        bench(f"ML-100K movies, {v['info']['kind']} rank vectors", base, q, "HNSW32")
     for n in args.synthetic:
         base = clustered(n, args.dim, seed=1)
         q = clustered(10000, args.dim, seed=2)

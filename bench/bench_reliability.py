@@ -72,11 +72,16 @@ def _run(cmd: list[str], model_dir: Path, kill: tuple[str, str] | None, kill_at_
             "exit_after_kill_s": None if killed_at is None else ended - killed_at}
 
 
-def _test_metrics(model_dir: Path, prepared: str) -> dict:
-    from recsys.evaluation import TrainedRatingModel, load_data, rating_metrics
+def _test_metrics(model_dir: Path, prepared: str, cfg) -> dict:
+    """Test rating metrics of the model as served (exported and indexed into a scratch directory)."""
+    import tempfile
+
+    from recsys.evaluation import ServedModel, load_data, rating_metrics, served_directory
 
     data = load_data(prepared)
-    return rating_metrics(TrainedRatingModel(model_dir).fit(data), data.test, data.rating_min, data.rating_max)
+    with tempfile.TemporaryDirectory() as work:
+        served = ServedModel(served_directory(model_dir, cfg, work)).fit(data)
+        return rating_metrics(served, data.test, data.rating_min, data.rating_max)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         summary = json.loads(summary_path.read_text())
         ranks = "".join(str(h.get("ranks", "?")) for h in summary["history"])
-        m = _test_metrics(model_dir, cfg.paths.prepared)
+        m = _test_metrics(model_dir, cfg.paths.prepared, cfg)
         print(f"| {name} | {res['rc']} | {what} | {summary['epochs_run']} | {ranks} | {summary['best_valid_rmse']:.4f} "
               f"| {m['rmse']:.4f} | {m['mae']:.4f} | {res['seconds']:.0f} |")
     return 0

@@ -185,28 +185,29 @@ def prepare_cmd(config_path, overrides, master):
 @config_option
 @set_option
 @click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark ALS).")
-@click.option("--compare", "compare", multiple=True, metavar="LABEL=MODEL_DIR",
-              help="Also evaluate another trained model on the same split (repeatable), e.g. "
-                   "--compare 'rating loss only=runs/ml-100k/model-rating'.")
+@click.option("--compare", "compare", multiple=True, metavar="LABEL=DIR",
+              help="Also evaluate another trained model on the same split (repeatable): DIR is its serving "
+                   "directory, or its model directory (exported and indexed with this config's index settings "
+                   "first), e.g. --compare 'BPR-MF=runs/ml-100k/model-bpr'.")
 @friendly_errors
 def evaluate_cmd(config_path, overrides, fast, compare):
-    """Evaluate the trained model and the baselines on the prepared test sets; write the report."""
+    """Evaluate the served model (paths.index) and the baselines on the prepared test sets; write the report."""
+    import tempfile
     from pathlib import Path
 
     from recsys.config import load_config
     from recsys.errors import ConfigError
-    from recsys.evaluation import evaluate
+    from recsys.evaluation import evaluate, served_directory
 
     cfg = load_config(config_path, overrides)
-    models = {"rating network (ours)": cfg.paths.model}
-    for item in compare:
-        label, sep, model_dir = item.partition("=")
-        if not sep or not label or not model_dir:
-            raise ConfigError(f"--compare {item!r}: expected LABEL=MODEL_DIR")
-        if not (Path(model_dir) / "model.json").is_file():
-            raise ConfigError(f"--compare {item!r}: no trained model (model.json) in {model_dir}")
-        models[label] = model_dir
-    evaluate(cfg.paths.prepared, models, cfg.paths.report, include_slow=not fast)
+    with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:
+        served = {None: served_directory(cfg.paths.index, cfg, Path(work) / "main")}
+        for i, item in enumerate(compare):
+            label, sep, directory = item.partition("=")
+            if not sep or not label or not directory:
+                raise ConfigError(f"--compare {item!r}: expected LABEL=DIR")
+            served[label] = served_directory(directory, cfg, Path(work) / f"compare-{i}")
+        evaluate(cfg.paths.prepared, served, cfg.paths.report, include_slow=not fast)
     click.echo((Path(cfg.paths.report) / "report.md").read_text())
     click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
 

@@ -118,8 +118,25 @@ class SynthConfig:
 
 
 @dataclass
+class BPRConfig:
+    """BPR-MF (``model.kind: bpr``): pairwise ranking on implicit feedback with sampled negatives."""
+
+    factors: int = 64  # width of the user and movie factor vectors
+    negatives: int = 4  # uniformly sampled negative movies per positive (loss linear in the batch)
+    l2: float = 1e-4  # per-example L2 on the factor rows and item bias a batch looks up
+    positive_min_rating: float = 0.0  # ratings at or above this are positives (0: every rating)
+
+
+@dataclass
 class ModelConfig:
-    """The rating network: towers, text-CNN over titles, and the scoring head."""
+    """Which model (``kind``) and its knobs. The rating network's knobs are the block's own keys;
+    every other model has its own sub-block named after its kind (``model.bpr``)."""
+
+    kind: str = field(default="rating", metadata=_choices("rating", "bpr"))
+    # Model selection (early stopping, best weights): "auto" is the model's own metric (rmse for
+    # rating models, ndcg@10 for ranking models); "mix" minimises rmse - validation_ndcg_weight * ndcg@10.
+    validation_metric: str = field(default="auto", metadata=_choices("auto", "rmse", "ndcg@10", "mix"))
+    validation_ndcg_weight: float = 1.0
 
     embedding_dim: int = 32  # width of every categorical embedding
     hidden_units: list[int] = field(default_factory=lambda: [128])  # dense layers of each tower
@@ -134,6 +151,7 @@ class ModelConfig:
     retrieval_weight: float = 0.3  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
 
 
 @dataclass
@@ -146,12 +164,13 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up to the scaled learning rate
     lr_decay_per_epoch: float = 0.95  # after warm-up, the learning rate is multiplied by this every epoch
     shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
-    early_stopping_patience: int = 5  # epochs without validation-RMSE improvement
+    early_stopping_patience: int = 5  # epochs without improvement of the model's validation metric
     seed: int = 1
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
+    validation_users: int = 2000  # users scored for a ranking validation metric (ndcg@10), a fixed seeded sample
 
 
 @dataclass
@@ -351,6 +370,9 @@ def _validate(cfg: Config, where: str) -> None:
         (0.0 <= cfg.prepare.split.validation_fraction < 1.0, "prepare.split.validation_fraction", "must be in [0, 1)"),
         (cfg.train.batch_size >= 1 and cfg.train.epochs >= 1, "train", "batch_size and epochs must be at least 1"),
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
+        (cfg.model.bpr.factors >= 1 and cfg.model.bpr.negatives >= 1, "model.bpr", "factors and negatives must be at least 1"),
+        (cfg.model.bpr.l2 >= 0, "model.bpr.l2", "must be 0 or more"),
+        (cfg.train.validation_users >= 1, "train.validation_users", "must be at least 1"),
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),

@@ -13,7 +13,11 @@ Protocol (the same for every recommender):
   rated the movie in training).
 
 Every recommender implements :class:`Recommender` below: ``predict`` (rating for pairs) and
-``scores`` (a score for every catalog movie, for a block of users). Baselines: global mean,
+``scores`` (a score for every catalog movie, for a block of users); ``top_k`` ranks from
+``scores`` unless a recommender ranks another way. The trained models are evaluated from
+their serving directory (:class:`ServedModel`): their top-k lists come from the same index
+search that ``recsys.serving.Recommender`` serves, so an approximate index's recall shows in
+the reported figures. Baselines: global mean,
 user+item bias, popularity, user-based and item-based CF (cosine, k neighbours), Surprise
 SVD and SVD++, and Spark MLlib ALS. Statistics come from the training split only.
 """
@@ -98,6 +102,16 @@ class Recommender:
     def scores(self, users: np.ndarray) -> np.ndarray:
         """[len(users), n_movies] scores, higher is better."""
         raise NotImplementedError
+
+    def top_k(self, users: np.ndarray, k: int, seen: dict) -> np.ndarray:
+        """[len(users), k] movie rows, best first, skipping each user's ``seen`` rows (dense scores)."""
+        sc = self.scores(users).astype(np.float64)
+        for i, u in enumerate(users):
+            if u in seen:
+                sc[i, seen[u]] = -np.inf
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1, kind="stable")
+        return np.take_along_axis(part, order, 1)
 
 
 class GlobalMean(Recommender):
@@ -274,36 +288,73 @@ class SparkALS(Recommender):
         return self.U[users] @ self.V.T
 
 
-class TrainedRatingModel(Recommender):
-    """The trained rating network from its towers: ratings mu + b_u + b_m + <u, m>; top-k lists by
-    <u, m> + <u_r, m_r> + temperature * c_m when trained with the retrieval loss, else by b_m + <u, m>."""
+class ServedModel(Recommender):
+    """A trained model as served: its serving directory (index + vectors + model artifact).
 
-    def __init__(self, model_dir, label: str = "rating network (ours)"):
-        self.model_dir, self.label = model_dir, label
+    Ratings (rating models only) are the served ``predict``; top-k lists are the served index
+    search with the same exclusions. Any model kind: the contract's vectors, no formula here.
+    """
+
+    kind = "model"  # ours, as served
+
+    def __init__(self, index_dir, label: str | None = None):
+        self.index_dir, self.label = index_dir, label
 
     def fit(self, data):
-        from recsys.export import TrainedModel
-        from recsys.features import encoded_columns
+        from recsys.serving import Recommender as Served
 
-        tm = TrainedModel(self.model_dir)
-        self.U, self.bu, u_r = tm.user_heads(encoded_columns(data.users, tm.tower_names("user")))
-        movies = encoded_columns(data.movies, tm.tower_names("movie"))
-        self.V, self.bm, m_r = tm.movie_heads(movies)
-        # top-k ranks by the retrieval score when the model was trained for it (over the rating and
-        # the retrieval-only dimensions), else by rating
-        retrieval = tm.ranking == "retrieval"
-        self.rank_bias = tm.movie_priors(movies) if retrieval else self.bm
-        self.U_rank = np.concatenate([self.U, u_r], 1) if retrieval else self.U
-        self.V_rank = np.concatenate([self.V, m_r], 1) if retrieval else self.V
-        self.mu = tm.mu
-        self.history = tm.info.get("history", [])
+        rec = Served.load(self.index_dir)
+        self.served = rec
+        self.rates = rec.rates
+        self.label = self.label or f"{rec.info.get('label', rec.info['kind'])} (ours)"
+        # evaluation rows -> served rows (the same ids; -1 for an id the served model lacks)
+        urow = pd.Series(np.arange(len(rec.users)), index=rec.users.user_id)
+        mrow = pd.Series(np.arange(len(rec.movies)), index=rec.movies.movie_id)
+        self.u_map = urow.reindex(data.users.user_id).fillna(-1).to_numpy(np.int64)
+        self.m_map = mrow.reindex(data.movies.movie_id).fillna(-1).to_numpy(np.int64)
+        if (self.u_map < 0).any() or (self.m_map < 0).any():
+            from recsys.errors import ArtifactError
+
+            raise ArtifactError(f"{self.index_dir} was built from other prepared data: "
+                                f"{int((self.u_map < 0).sum())} users and {int((self.m_map < 0).sum())} movies are missing")
+        self.m_back = np.empty(len(rec.movies), np.int64)
+        self.m_back[self.m_map] = np.arange(len(self.m_map))
+        info = rec._model_dir / "model.json"
+        self.history = json.loads(info.read_text()).get("history", []) if info.is_file() else []
         return self
 
     def predict(self, u, m):
-        return self.mu + self.bu[u] + self.bm[m] + (self.U[u] * self.V[m]).sum(1)
+        return self.served.pair_scores(self.u_map[u], self.m_map[m])
 
     def scores(self, users):
-        return self.rank_bias[None, :] + self.U_rank[users] @ self.V_rank.T
+        return self.served._ur[self.u_map[users]] @ self.served._mr[self.m_map].T
+
+    def top_k(self, users, k, seen):
+        rows = self.served.top_k_rows(self.u_map[users], k,
+                                      [self.m_map[seen.get(u, np.empty(0, np.int64))] for u in users])
+        return np.stack([self.m_back[r] for r in rows])
+
+
+def served_directory(directory, cfg, workdir) -> Path:
+    """``directory`` if it is a serving directory; a trained model directory is exported and indexed
+    (with the config's index settings) into ``workdir`` first, so it is evaluated as it would be served."""
+    import dataclasses
+
+    from recsys.errors import ConfigError
+
+    d = Path(directory)
+    if (d / "index.json").is_file():
+        return d
+    if not (d / "model.json").is_file():
+        raise ConfigError(f"{d}: neither a serving directory (index.json) nor a trained model (model.json)")
+    from recsys.export import export_vectors
+    from recsys.serving import build_serving_dir
+
+    work = Path(workdir)
+    paths = dataclasses.replace(cfg.paths, vectors=str(work / "vectors"), index=str(work / "index"))
+    export_vectors(d, cfg.paths.prepared, paths.vectors)
+    build_serving_dir(dataclasses.replace(cfg, paths=paths))
+    return Path(paths.index)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -316,6 +367,13 @@ def rating_metrics(rec: Recommender, df: pd.DataFrame, lo: float, hi: float) -> 
             "mse": float(np.mean(err ** 2)), "n": int(len(df))}
 
 
+def ndcg_at_k(top: np.ndarray, relevant: set, k: int) -> float:
+    """Binary-gain NDCG@k of one ranked list against a set of relevant items."""
+    hits = np.array([m in relevant for m in top[:k]], float)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    return float((hits * disc[:len(hits)]).sum() / disc[:min(k, len(relevant))].sum()) if relevant else 0.0
+
+
 def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256) -> tuple[dict, np.ndarray, np.ndarray]:
     """Top-K metrics; also returns the evaluated users and their top-max(K) lists."""
     seen = data.train.groupby("u").m.apply(np.array).to_dict()
@@ -325,14 +383,7 @@ def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256) -> tu
     kmax = max(ks)
     tops = np.empty((len(users), kmax), np.int64)
     for s in range(0, len(users), block):
-        ub = users[s:s + block]
-        sc = rec.scores(ub).astype(np.float64)
-        for i, u in enumerate(ub):
-            if u in seen:
-                sc[i, seen[u]] = -np.inf
-        part = np.argpartition(-sc, kmax - 1, axis=1)[:, :kmax]
-        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1, kind="stable")
-        tops[s:s + block] = np.take_along_axis(part, order, 1)
+        tops[s:s + block] = rec.top_k(users[s:s + block], kmax, seen)
     out = {}
     for variant, relevant in (("", test_all), ("_rel4", test_good)):
         for k in ks:
@@ -346,8 +397,7 @@ def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256) -> tu
                 p, r = h / k, h / len(rel)
                 acc["precision"].append(p); acc["recall"].append(r)
                 acc["f1"].append(2 * p * r / (p + r) if h else 0.0)
-                disc = 1.0 / np.log2(np.arange(2, k + 2))
-                acc["ndcg"].append((hits * disc).sum() / disc[:min(k, len(rel))].sum())
+                acc["ndcg"].append(ndcg_at_k(tops[row], rel, k))
                 acc["hit_rate"].append(float(h > 0))
                 prec_at = np.cumsum(hits) / np.arange(1, k + 1)
                 acc["map"].append((prec_at * hits).sum() / min(k, len(rel)))
@@ -381,11 +431,12 @@ def baselines(include_slow: bool = True) -> list[Recommender]:
     return out
 
 
-def evaluate(prepared: str | Path, model_dirs: dict[str, str | Path], report_dir: str | Path,
+def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_dir: str | Path,
              include_slow: bool = True) -> dict:
-    """Evaluate the trained model(s) and every baseline; write metrics.json, report.md, plots."""
+    """Evaluate the trained model(s) from their serving directories (``{label or None: index dir}``;
+    None: a label from the model kind) and every baseline; write metrics.json, report.md, plots."""
     data = load_data(prepared)
-    recs: list[Recommender] = [TrainedRatingModel(d, label) for label, d in model_dirs.items()]
+    recs: list[Recommender] = [ServedModel(d, label) for label, d in served.items()]
     recs += baselines(include_slow)
     results: dict[str, dict] = {}
     tops10: dict[str, np.ndarray] = {}
@@ -449,9 +500,10 @@ def _plots(out: Path, results: dict, data: Data, recs: list[Recommender], tops10
     for rec in recs:
         hist = getattr(rec, "history", None)
         if hist:
-            ax.plot([h["epoch"] for h in hist], [h["train_rmse"] for h in hist], label=f"{rec.label} train")
-            ax.plot([h["epoch"] for h in hist], [h["valid_rmse"] for h in hist], "--", label=f"{rec.label} valid")
-    ax.set_xlabel("epoch"); ax.set_ylabel("RMSE"); ax.legend(fontsize=7); fig.tight_layout()
+            ax.plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label=f"{rec.label} train loss")
+            for key in (k for k in hist[0] if k.startswith("valid_") and k != "valid_selection"):
+                ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], "--", label=f"{rec.label} {key}")
+    ax.set_xlabel("epoch"); ax.set_ylabel("loss / validation metric"); ax.legend(fontsize=7); fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=110); plt.close(fig)
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))

@@ -1,12 +1,8 @@
-"""FAISS indexes over exported vectors, with the search parameter tuned for recall.
+"""The one index interface (:class:`VectorIndex`): build, ``search(queries, k) -> (scores, ids)``,
+search with per-query exclusions, save, load; FAISS behind it.
 
-Three indexes (DESIGN.md "Exact retrieval"):
-
-* ``movies_ip``: movies as ``[m, b_m]``, inner product; a user query ``[u, 1]`` returns the
-  movies with the highest predicted rating (``mu + b_u`` is constant per user).
-* ``users_ip``: users as ``[u, b_u]``, inner product; a movie query ``[m, 1]`` returns the
-  users predicted to rate it highest.
-* ``movies_cos``: movies as ``m / |m|``, inner product = cosine similarity.
+Serving and evaluation both rank through it (recsys/serving.py builds three: movies by their
+rank vectors, users by their score vectors, movies by normalised similarity vectors).
 
 Up to ``flat_max`` vectors an exact ``IndexFlatIP`` is used. Above it, the configured
 ``index_factory`` string (HNSW or IVF) is built and its search parameter (``efSearch`` or
@@ -114,15 +110,78 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
     return BuiltIndex(index, factory, {name: best[0]}, best[1], build_seconds)
 
 
-def movie_items(m: np.ndarray, b_m: np.ndarray) -> np.ndarray:
-    """``[m, b_m]``: indexed movie vectors for user queries."""
-    return np.concatenate([m, b_m[:, None]], axis=1).astype(np.float32)
-
-
-def user_queries(u: np.ndarray) -> np.ndarray:
-    """``[u, 1]``: user queries against ``movie_items``."""
-    return np.concatenate([u, np.ones((len(u), 1), np.float32)], axis=1).astype(np.float32)
-
-
 def normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class VectorIndex:
+    """An inner-product index over ``[N, d]`` float32 vectors; row ``i`` of the base is id ``i``.
+
+    ``kind`` ("flat" or the FAISS factory string), ``search_params`` (the tuned efSearch /
+    nprobe) and ``recall`` (measured recall@k against exact search) are recorded by ``save``.
+    """
+
+    def __init__(self, index, kind: str, search_params: dict, recall: float, build_seconds: float = 0.0):
+        self.index, self.kind, self.search_params = index, kind, dict(search_params)
+        self.recall, self.build_seconds = recall, build_seconds
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, tuning_queries: np.ndarray, cfg) -> "VectorIndex":
+        """Exact up to ``cfg.flat_max`` vectors, else ``cfg.approximate`` tuned on ``tuning_queries``
+        to ``cfg.target_recall`` (``cfg``: the config's ``index`` section)."""
+        b = build_index(vectors, tuning_queries, flat_max=cfg.flat_max, factory=cfg.approximate,
+                        target_recall=cfg.target_recall, k=cfg.recall_k, sample=cfg.recall_sample, seed=cfg.seed)
+        return cls(b.index, b.kind, b.search_param, b.recall, b.build_seconds)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, k], ids [Q, k]) of the k largest inner products; id -1 pads a short answer."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        return self.index.search(q, min(int(k), self.size))
+
+    def search_excluding(self, queries: np.ndarray, k: int, exclude: list) -> tuple[list, list]:
+        """Per query, the top k ids not in ``exclude[i]`` (an int array) and their scores: one
+        over-fetched search per block of queries (k + the longest exclusion list)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        longest = max((len(e) for e in exclude), default=0)
+        scores, ids = self.search(q, k + longest)
+        out_s, out_i = [], []
+        for row in range(len(q)):
+            keep = (ids[row] >= 0) & ~np.isin(ids[row], exclude[row])
+            out_i.append(ids[row][keep][:k]); out_s.append(scores[row][keep][:k])
+        return out_s, out_i
+
+    def describe(self) -> dict:
+        return {"type": self.kind, "search_params": self.search_params, "recall_at_k": self.recall,
+                "dimension": self.dimension, "count": self.size, "build_seconds": round(self.build_seconds, 3)}
+
+    def save(self, path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path, entry: dict) -> "VectorIndex":
+        """Read ``path``; ``entry`` is its record (``describe()``) from index.json: the search
+        parameter is set again and the shape checked against it."""
+        import faiss
+
+        from recsys.errors import ArtifactError
+
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise ArtifactError(f"{path}: FAISS cannot read it ({str(err).splitlines()[0]})") from None
+        if index.ntotal != entry["count"] or index.d != entry["dimension"]:
+            raise ArtifactError(f"{path} holds {index.ntotal} x {index.d} vectors; index.json says "
+                                f"{entry['count']} x {entry.get('vectors', entry['dimension'])}")
+        for name, value in entry["search_params"].items():
+            set_search_param(index, name, value)
+        return cls(index, entry["type"], entry["search_params"], entry["recall_at_k"], entry.get("build_seconds", 0.0))

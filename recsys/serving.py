@@ -2,24 +2,23 @@
 
 ``python jobs/build_index.py`` writes (atomically) ``paths.index``::
 
-    index.json          dimensions, metric, vector forms, counts, search parameters, measured
-                        recall, sha256 of every file, model version, mu, model dir
-    movies_ip.faiss     [m, m_r, r_m], inner product (user query [u, u_r, 1]). For a model
-                        trained with the retrieval loss: r_m = temperature * c_m and m_r, u_r
-                        the retrieval-only dimensions (model.retrieval_dim; none when 0), so
-                        the order is the retrieval score's. Otherwise [m, b_m] / [u, 1]: top-k
-                        by predicted rating
-    users_ip.faiss      [u, b_u], inner product   (movie query [m, 1])
-    movies_cos.faiss    m / |m|, inner product     (cosine)
-    movies.parquet      movie_id, title, genres, year, m, b_m, r_m[, m_r]  (row i = FAISS id i)
-    users.parquet       user_id, gender, age, occupation, zip, u, b_u[, u_r]
-    seen.parquet        user_id, movie_id of the ratings the model trained on
-    vocabularies.json, features.json   to encode new users and movies exactly as prepare did
+    index.json          model kind and version, score offset, per index: type, vector forms,
+                        counts, tuned search parameter, measured recall; sha256 of every file
+    movies_ip.faiss     movies' rank vectors, inner product (query: a user's rank vector): top-k
+    users_ip.faiss      users' score vectors, inner product (query: a movie's score vector): who likes
+    movies_cos.faiss    movies' similarity vectors / norm, inner product = cosine
+    movies.parquet      movie_id, title, genres, year, score, rank, similarity  (row i = FAISS id i)
+    users.parquet       user_id, gender, age, occupation, zip, score, rank
+    seen.parquet        user_id, movie_id of the ratings the model trained on (train + validation)
+    model/              the model artifact (weights, config, feature spec, vocabularies): new users
+                        and movies are encoded and scored from it, so the directory moves as one
 
-:class:`Recommender` loads it (checking every checksum and the model version) and answers
-with plain Python objects: lists of dicts, or a pandas DataFrame with ``as_frame=True``.
-Reads are safe from many threads: FAISS searches are read-only, and the towers (used only
-for new users and movies) run under a lock.
+The vectors are the model contract's (recsys/models/contract.py): ``score = offset + <user
+score, movie score>`` (the predicted rating for a rating model), top-k by ``<user rank, movie
+rank>``. Nothing here knows a model's formula. :class:`Recommender` loads the directory
+(checking every checksum and the model version) and answers with plain Python objects: lists
+of dicts, or a pandas DataFrame with ``as_frame=True``. Reads are safe from many threads:
+FAISS searches are read-only, and the model (used only for new users and movies) runs under a lock.
 """
 
 from __future__ import annotations
@@ -37,11 +36,11 @@ import pandas as pd
 from recsys.errors import ArtifactError, RecsysError
 from recsys.checksums import json_digest
 from recsys.export import load_vectors, sha256_file
-from recsys.indexing import build_index, movie_items, normalize, set_search_param, user_queries
+from recsys.indexing import VectorIndex, normalize
 
 INDEX_JSON = "index.json"
-_FILES = ("movies_ip.faiss", "users_ip.faiss", "movies_cos.faiss", "movies.parquet", "users.parquet",
-          "seen.parquet", "vocabularies.json", "features.json")
+MODEL_SUBDIR = "model"
+_TABLES = ("movies_ip.faiss", "users_ip.faiss", "movies_cos.faiss", "movies.parquet", "users.parquet", "seen.parquet")
 
 
 class UnknownIdError(RecsysError, KeyError):
@@ -56,67 +55,52 @@ def _log(msg: str) -> None:
 
 
 def build_serving_dir(cfg) -> dict:
-    """Build every index from ``paths.vectors`` (+ prepared tables) into ``paths.index``."""
-    import faiss
+    """Build every index from ``paths.vectors`` (+ prepared tables and the model artifact) into ``paths.index``."""
+    from recsys.models.contract import copy_artifact, weights_version
 
     vec = load_vectors(cfg.paths.vectors)
     info = vec["info"]
     prepared = Path(info["prepared_dir"])
+    model_dir = Path(info["model_dir"])
+    if weights_version(model_dir) != info["model_version"]:
+        raise ArtifactError(f"the model in {model_dir} is not the one {cfg.paths.vectors} was exported from "
+                            "(weights differ): export again")
     out = Path(cfg.paths.index)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    ic = cfg.index
+    movies_v, users_v = vec["movies"], vec["users"]
     try:
-        m, b_m, m_r = vec["movies"]["vectors"], vec["movies"]["bias"], vec["movies"]["retrieval"]
-        u, b_u, u_r = vec["users"]["vectors"], vec["users"]["bias"], vec["users"]["retrieval"]
-        ranking = info.get("ranking", "rating")
-        if ranking == "retrieval":  # top-k by <u, m> + <u_r, m_r> + prior (the retrieval score x temperature)
-            r_m, rank_items, rank_queries = vec["movies"]["prior"], np.hstack([m, m_r]), np.hstack([u, u_r])
-            forms = ("[m, m_r, prior]", "[u, u_r, 1]") if m_r.shape[1] else ("[m, prior]", "[u, 1]")
-        else:  # top-k by predicted rating
-            r_m, rank_items, rank_queries, forms = b_m, m, u, ("[m, b_m]", "[u, 1]")
-        built = {
-            "movies_ip": (build_index(movie_items(rank_items, r_m), user_queries(rank_queries), flat_max=ic.flat_max,
-                                      factory=ic.approximate, target_recall=ic.target_recall, k=ic.recall_k,
-                                      sample=ic.recall_sample, seed=ic.seed), *forms, len(m)),
-            "users_ip": (build_index(movie_items(u, b_u), user_queries(m), flat_max=ic.flat_max, factory=ic.approximate,
-                                     target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
-                                     seed=ic.seed), "[u, b_u]", "[m, 1]", len(u)),
-            "movies_cos": (build_index(normalize(m), normalize(m), flat_max=ic.flat_max, factory=ic.approximate,
-                                       target_recall=ic.target_recall, k=ic.recall_k, sample=ic.recall_sample,
-                                       seed=ic.seed), "m/|m|", "m/|m|", len(m)),
+        built = {  # name: (index, indexed vectors, query vectors)
+            "movies_ip": (VectorIndex.build(movies_v["rank"], users_v["rank"], cfg.index), "movie rank", "user rank"),
+            "users_ip": (VectorIndex.build(users_v["score"], movies_v["score"], cfg.index), "user score", "movie score"),
+            "movies_cos": (VectorIndex.build(normalize(movies_v["similarity"]), normalize(movies_v["similarity"]),
+                                             cfg.index), "movie similarity / norm", "movie similarity / norm"),
         }
-        for name, (b, *_rest) in built.items():
-            faiss.write_index(b.index, str(tmp / f"{name}.faiss"))
+        for name, (index, *_rest) in built.items():
+            index.save(tmp / f"{name}.faiss")
         movies = pd.read_parquet(prepared / "movies.parquet", columns=["movie_id", "title", "genres", "year"])
-        movies = movies.set_index("movie_id").loc[vec["movies"]["ids"]].reset_index()
-        movies["m"] = list(m); movies["b_m"] = b_m; movies["r_m"] = r_m
-        if ranking == "retrieval" and m_r.shape[1]:
-            movies["m_r"] = list(m_r)
+        movies = movies.set_index("movie_id").loc[movies_v["ids"]].reset_index()
+        for name in ("score", "rank", "similarity"):
+            movies[name] = list(movies_v[name])
         movies.to_parquet(tmp / "movies.parquet", index=False)
         users = pd.read_parquet(prepared / "users.parquet", columns=["user_id", "gender", "age", "occupation", "zip"])
-        users = users.set_index("user_id").loc[vec["users"]["ids"]].reset_index()
-        users["u"] = list(u); users["b_u"] = b_u
-        if ranking == "retrieval" and u_r.shape[1]:
-            users["u_r"] = list(u_r)
+        users = users.set_index("user_id").loc[users_v["ids"]].reset_index()
+        for name in ("score", "rank"):
+            users[name] = list(users_v[name])
         users.to_parquet(tmp / "users.parquet", index=False)
         seen = pd.concat([pd.read_parquet(prepared / f"ratings_{s}", columns=["user_id", "movie_id"])
                           for s in ("train", "valid") if (prepared / f"ratings_{s}").exists()])
         seen.to_parquet(tmp / "seen.parquet", index=False)
-        shutil.copy(prepared / "vocabularies.json", tmp / "vocabularies.json")
-        manifest = json.loads((prepared / "manifest.json").read_text())
-        (tmp / "features.json").write_text(json.dumps({"spec": manifest["features"],
-                                                       "settings": manifest["feature_settings"]}, indent=2))
+        copy_artifact(model_dir, tmp / MODEL_SUBDIR)
+        files = list(_TABLES) + sorted(str(p.relative_to(tmp)) for p in (tmp / MODEL_SUBDIR).rglob("*") if p.is_file())
         index_info = {
-            "model_version": info["model_version"], "model_dir": info["model_dir"], "mu": info["mu"],
-            "dimension": int(m.shape[1]), "metric": "inner_product", "ranking": ranking,
-            "indexes": {name: {"file": f"{name}.faiss", "type": b.kind, "vectors": form, "query": query,
-                               "dimension": int(b.index.d),
-                               "count": count, "search_params": b.search_param, "recall_at_k": b.recall,
-                               "recall_k": ic.recall_k, "build_seconds": round(b.build_seconds, 3)}
-                        for name, (b, form, query, count) in built.items()},
-            "files": {name: sha256_file(tmp / name) for name in _FILES},
+            "model_version": info["model_version"], "kind": info["kind"], "label": info["label"], "rates": info["rates"],
+            "score_offset": info["score_offset"], "manifest_sha256": info["manifest_sha256"],
+            "model": MODEL_SUBDIR, "metric": "inner_product",
+            "indexes": {name: {"file": f"{name}.faiss", "vectors": form, "query": query, **index.describe()}
+                        for name, (index, form, query) in built.items()},
+            "files": {name: sha256_file(tmp / name) for name in files},
         }
         index_info["sha256"] = json_digest(index_info)
         (tmp / INDEX_JSON).write_text(json.dumps(index_info, indent=2))
@@ -126,39 +110,36 @@ def build_serving_dir(cfg) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for name, entry in index_info["indexes"].items():
-        _log(f"{name}: {entry['count']:,} x {entry['vectors']} {entry['type']} {entry['search_params'] or ''} "
-             f"recall@{ic.recall_k} {entry['recall_at_k']:.3f}")
-    _log(f"wrote {out}")
+        _log(f"{name}: {entry['count']:,} x {entry['vectors']} ({entry['dimension']}) {entry['type']} "
+             f"{entry['search_params'] or ''} recall@{cfg.index.recall_k} {entry['recall_at_k']:.3f}")
+    _log(f"wrote {out} ({info['kind']} model {info['model_version']})")
     return index_info
+
+
+def _matrix(column: pd.Series) -> np.ndarray:
+    return np.stack(column.to_numpy()).astype(np.float32)
 
 
 class Recommender:
     """Recommendations from a serving directory (see module docstring).
 
     Every method returning movies gives dicts with ``movie_id, title, genres, score`` where
-    ``score`` is the model's predicted rating (for similarity lists: the cosine). Lists are
-    ordered by the index's ranking score (``index.json`` "ranking": the retrieval score for a
-    model trained with the retrieval loss, else the predicted rating itself).
+    ``score`` is the model's score (for a rating model: its predicted rating; for similarity
+    lists: the cosine). Lists are ordered by the model's ranking (``<user rank, movie rank>``).
     """
 
     def __init__(self, directory: Path, info: dict, indexes: dict, movies: pd.DataFrame, users: pd.DataFrame,
                  seen: dict[int, np.ndarray], model_dir: Path | None):
         self.directory = directory
         self.info = info
-        self.mu = float(info["mu"])
+        self.offset = float(info["score_offset"])
+        self.rates = bool(info["rates"])
         self._idx = indexes
         self.movies = movies
         self.users = users
-        self._m = np.stack(movies["m"].to_numpy()).astype(np.float32)
-        self._bm = movies["b_m"].to_numpy(np.float32)
-        self._rm = movies["r_m"].to_numpy(np.float32) if "r_m" in movies else self._bm
-        self._mr = np.stack(movies["m_r"].to_numpy()).astype(np.float32) if "m_r" in movies \
-            else np.zeros((len(movies), 0), np.float32)
-        self._u = np.stack(users["u"].to_numpy()).astype(np.float32)
-        self._bu = users["b_u"].to_numpy(np.float32)
-        # retrieval-only dimensions (in the ranking query when the index ranks by the retrieval score)
-        self._ur = np.stack(users["u_r"].to_numpy()).astype(np.float32) if "u_r" in users \
-            else np.zeros((len(users), 0), np.float32)
+        self._ms, self._mr = _matrix(movies["score"]), _matrix(movies["rank"])
+        self._msim = _matrix(movies["similarity"])
+        self._us, self._ur = _matrix(users["score"]), _matrix(users["rank"])
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
         self._user_row = {int(v): i for i, v in enumerate(users["user_id"])}
         # seen movies as catalog rows, mapped once here rather than on every query
@@ -173,9 +154,7 @@ class Recommender:
 
     @classmethod
     def load(cls, directory: str | Path, model_dir: str | Path | None = None, verify: bool = True) -> "Recommender":
-        """Load a serving directory; ``model_dir`` (default: the one recorded) serves cold start."""
-        import faiss
-
+        """Load a serving directory; ``model_dir`` (default: the artifact inside it) serves cold start."""
         d = Path(directory)
         info_path = d / INDEX_JSON
         if not info_path.is_file():
@@ -197,18 +176,7 @@ class Recommender:
                 if sha256_file(path) != digest:
                     raise ArtifactError(f"{path} does not match its sha256 in {info_path}: "
                                         "the file was altered or truncated; rebuild the index")
-        indexes = {}
-        for name, entry in info["indexes"].items():
-            try:
-                index = faiss.read_index(str(d / entry["file"]))
-            except RuntimeError as err:
-                raise ArtifactError(f"{d / entry['file']}: FAISS cannot read it ({str(err).splitlines()[0]})") from None
-            if index.ntotal != entry["count"] or index.d != entry["dimension"]:
-                raise ArtifactError(f"{d / entry['file']} holds {index.ntotal} x {index.d} vectors; "
-                                    f"{info_path} says {entry['count']} x {entry['vectors']}")
-            for pname, value in entry["search_params"].items():
-                set_search_param(index, pname, value)
-            indexes[name] = index
+        indexes = {name: VectorIndex.load(d / entry["file"], entry) for name, entry in info["indexes"].items()}
         movies = pd.read_parquet(d / "movies.parquet")
         users = pd.read_parquet(d / "users.parquet")
         for table, frame, index_name in (("movies", movies, "movies_ip"), ("users", users, "users_ip")):
@@ -218,7 +186,8 @@ class Recommender:
                                     f"{index_name}.faiss hold {want}: rebuild the index")
         seen_df = pd.read_parquet(d / "seen.parquet")
         seen = {int(u): g.to_numpy(np.int64) for u, g in seen_df.groupby("user_id")["movie_id"]}
-        md = Path(model_dir) if model_dir else (Path(info["model_dir"]) if info.get("model_dir") else None)
+        # the model artifact travels inside the directory (a relative path): a moved index still serves cold start
+        md = Path(model_dir) if model_dir else d / info["model"]
         return cls(d, info, indexes, movies, users, seen, md)
 
     # ------------------------------------------------------------------ helpers
@@ -248,27 +217,31 @@ class Recommender:
                 "genres": self.movies.at[r, "genres"], "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _search_movies(self, u: np.ndarray, u_r: np.ndarray, k: int,
+    def _search_movies(self, rank_query: np.ndarray, score_query: np.ndarray, k: int,
                        exclude_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top k movie rows for a user (u [D], retrieval-only u_r [R]) by the index's ranking score,
-        skipping ``exclude_rows`` (by over-fetch), with their b_m + <u, m> (add mu + b_u for the
-        predicted rating)."""
-        query = np.concatenate([u, u_r, [1.0]]).astype(np.float32)  # [u, u_r, 1] against [m, m_r, r_m]
-        fetch = min(len(self._m), k + len(exclude_rows))
-        _, rows = self._idx["movies_ip"].search(query[None, :], fetch)
-        keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
-        rows = rows[0][keep][:k]
-        return rows, self._bm[rows] + self._m[rows] @ u  # the rating part of the prediction
+        """Top k movie rows for a user's rank vector through the index, skipping ``exclude_rows``,
+        with their score ``offset + <user score, movie score>``."""
+        _, rows = self._idx["movies_ip"].search_excluding(rank_query[None, :], k, [exclude_rows])
+        return rows[0], self.offset + self._ms[rows[0]] @ score_query
+
+    def top_k_rows(self, user_rows: np.ndarray, k: int, exclude_rows: list) -> list[np.ndarray]:
+        """Top k movie rows for many known users (rows of ``self.users``) through the index, each
+        skipping its own ``exclude_rows`` list: what ``recommend`` serves, in one batched search."""
+        return self._idx["movies_ip"].search_excluding(self._ur[np.asarray(user_rows)], k, exclude_rows)[1]
+
+    def pair_scores(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
+        """``offset + <user score, movie score>`` for parallel arrays of user and movie rows."""
+        return self.offset + np.einsum("ij,ij->i", self._us[user_rows], self._ms[movie_rows])
 
     # ------------------------------------------------------------------ known users and movies
 
     def recommend(self, user_id, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
-        """Top-k movies for a known user (score: predicted rating); seen movies excluded by default."""
+        """Top-k movies for a known user (score: the model's score); seen movies excluded by default."""
         row = self._user(user_id)
         seen_rows = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
-        k = self._check_k(k, len(self._m))
-        rows, scores = self._search_movies(self._u[row], self._ur[row], k, seen_rows)
-        return self._movie_rows(rows, self.mu + self._bu[row] + scores, as_frame)
+        k = self._check_k(k, len(self._ms))
+        rows, scores = self._search_movies(self._ur[row], self._us[row], k, seen_rows)
+        return self._movie_rows(rows, scores, as_frame)
 
     def recommend_batch(self, user_ids, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
         """``recommend`` for many users: a list of lists (or one DataFrame with a user_id column)."""
@@ -278,16 +251,15 @@ class Recommender:
         return results
 
     def predict(self, user_id, movie_id) -> float:
-        """The model's predicted rating ``mu + b_u + b_m + <u, m>``."""
+        """The model's score for the pair (a rating model's predicted rating)."""
         u, m = self._user(user_id), self._movie(movie_id)
-        return float(self.mu + self._bu[u] + self._bm[m] + self._u[u] @ self._m[m])
+        return float(self.offset + self._us[u] @ self._ms[m])
 
     def similar_movies(self, movie_id, k: int = 10, as_frame: bool = False):
-        """The k movies closest to ``movie_id`` by cosine of their vectors ``m``."""
+        """The k movies closest to ``movie_id`` by cosine of their similarity vectors."""
         row = self._movie(movie_id)
-        k = self._check_k(k, len(self._m) - 1)
-        q = normalize(self._m[row][None, :])
-        scores, rows = self._idx["movies_cos"].search(q, k + 1)
+        k = self._check_k(k, len(self._ms) - 1)
+        scores, rows = self._idx["movies_cos"].search(normalize(self._msim[row][None, :]), k + 1)
         keep = (rows[0] >= 0) & (rows[0] != row)
         return self._movie_rows(rows[0][keep][:k], scores[0][keep][:k], as_frame)
 
@@ -297,45 +269,41 @@ class Recommender:
                 "occupation": self.users.at[r, "occupation"], "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _users_for_vector(self, m: np.ndarray, b_m: float, k: int, as_frame: bool):
-        k = self._check_k(k, len(self._u))
-        scores, rows = self._idx["users_ip"].search(np.append(m, 1.0)[None, :].astype(np.float32), k)
+    def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool):
+        k = self._check_k(k, len(self._us))
+        scores, rows = self._idx["users_ip"].search(movie_score[None, :], k)
         keep = rows[0] >= 0
-        return self._user_rows(rows[0][keep], self.mu + b_m + scores[0][keep], as_frame)
+        return self._user_rows(rows[0][keep], self.offset + scores[0][keep], as_frame)
 
     def users_for_movie(self, movie_id, k: int = 10, as_frame: bool = False):
-        """The k users predicted to rate ``movie_id`` highest (score: their predicted rating)."""
-        row = self._movie(movie_id)
-        return self._users_for_vector(self._m[row], float(self._bm[row]), k, as_frame)
+        """The k users the model scores highest for ``movie_id`` (score: their predicted rating / score)."""
+        return self._users_for_vector(self._ms[self._movie(movie_id)], k, as_frame)
 
     def also_liked(self, movie_id, k: int = 10, fans: int = 50, as_frame: bool = False):
         """People who like this movie also like: the movies its top ``fans`` users score highest."""
         row = self._movie(movie_id)
-        k = self._check_k(k, len(self._m) - 1)
-        top = self._idx["users_ip"].search(np.append(self._m[row], 1.0)[None, :].astype(np.float32),
-                                           min(fans, len(self._u)))[1][0]
+        k = self._check_k(k, len(self._ms) - 1)
+        top = self._idx["users_ip"].search(self._ms[row][None, :], min(fans, len(self._us)))[1][0]
         top = top[top >= 0]
-        rows, scores = self._search_movies(self._u[top].mean(axis=0), self._ur[top].mean(axis=0), k, np.array([row]))
-        return self._movie_rows(rows, self.mu + self._bu[top].mean() + scores, as_frame)
+        rows, scores = self._search_movies(self._ur[top].mean(axis=0), self._us[top].mean(axis=0), k, np.array([row]))
+        return self._movie_rows(rows, scores, as_frame)
 
     # ------------------------------------------------------------------ cold start
 
     def _cold(self):
-        """The trained towers and the prepare-time encoder, loaded on first use."""
+        """The model artifact and its prepare-time encoder, loaded on first use."""
         with self._lock:
             if self._model is None:
-                from recsys.export import TrainedModel
-                from recsys.features import FeatureEncoder, Vocabularies
+                from recsys.models import load_model
 
-                if self._model_dir is None:
-                    raise ArtifactError("cold start needs the model directory; pass model_dir to Recommender.load")
-                model = TrainedModel(self._model_dir)
+                if self._model_dir is None or not (Path(self._model_dir) / "model.json").is_file():
+                    raise ArtifactError(f"cold start needs the model artifact; {self._model_dir} has none "
+                                        "(rebuild the index, or pass model_dir to Recommender.load)")
+                model = load_model(self._model_dir)
                 if model.version != self.info["model_version"]:
                     raise ArtifactError(f"model in {self._model_dir} is version {model.version}, but the index "
                                         f"was built from {self.info['model_version']}: rebuild the index")
-                features = json.loads((self.directory / "features.json").read_text())
-                vocabs = Vocabularies.load(self.directory / "vocabularies.json")
-                self._encoder = FeatureEncoder.from_settings(vocabs, features["settings"])
+                self._encoder = model.encoder()
                 self._model = model
             return self._model, self._encoder
 
@@ -350,21 +318,17 @@ class Recommender:
         if occupation is not None and str(occupation).lower() not in occs:
             raise ValueError(f"occupation must be one of {occs} or None, got {occupation!r}")
 
-    def _profile_heads(self, gender, age, occupation, zipcode) -> tuple[np.ndarray, float, np.ndarray]:
+    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> dict[str, np.ndarray]:
+        """A new user's vectors ``{"score", "rank"}`` from demographics alone (the id falls back to OOV)."""
         self._check_profile(gender, age, occupation)
         model, enc = self._cold()
         feats = enc.user(None, gender, age, occupation, zipcode)
         with self._lock:
-            u, b, u_r = model.user_heads({k: np.array([v]) for k, v in feats.items()})
-        return u[0], float(b[0]), u_r[0][: self._ur.shape[1]]
+            vectors = model.user_vectors({k: np.array([v]) for k, v in feats.items()})
+        return {k: v[0] for k, v in vectors.items()}
 
-    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> tuple[np.ndarray, float]:
-        """(u, b_u) of a new user from demographics alone (the id falls back to OOV)."""
-        u, b, _ = self._profile_heads(gender, age, occupation, zipcode)
-        return u, b
-
-    def new_movie_vector(self, title: str, genres, year=None) -> tuple[np.ndarray, float]:
-        """(m, b_m) of a new movie from title, genres and year alone."""
+    def new_movie_vector(self, title: str, genres, year=None) -> dict[str, np.ndarray]:
+        """A new movie's vectors ``{"score", "rank", "similarity"}`` from title, genres and year alone."""
         if not isinstance(title, str) or not title.strip():
             raise ValueError(f"title must be a non-empty string, got {title!r}")
         model, enc = self._cold()
@@ -374,26 +338,25 @@ class Recommender:
             raise ValueError(f"unknown genre(s) {unknown}; allowed: {enc.vocabs['genres'].values}")
         feats = enc.movie(None, title, genre_text, year)
         with self._lock:
-            m, b = model.movie_vectors({k: np.array([v]) for k, v in feats.items()})
-        return m[0], float(b[0])
+            vectors = model.movie_vectors({k: np.array([v]) for k, v in feats.items()})
+        return {k: v[0] for k, v in vectors.items()}
 
     def recommend_for_profile(self, gender=None, age=None, occupation=None, zipcode=None, k: int = 10,
                               as_frame: bool = False):
         """Top-k movies for a new user described only by gender, age (years) and occupation."""
-        u, b_u, u_r = self._profile_heads(gender, age, occupation, zipcode)
-        k = self._check_k(k, len(self._m))
-        rows, scores = self._search_movies(u, u_r, k, np.empty(0, np.int64))
-        return self._movie_rows(rows, self.mu + b_u + scores, as_frame)
+        v = self.profile_vector(gender, age, occupation, zipcode)
+        k = self._check_k(k, len(self._ms))
+        rows, scores = self._search_movies(v["rank"], v["score"], k, np.empty(0, np.int64))
+        return self._movie_rows(rows, scores, as_frame)
 
     def similar_to_new_movie(self, title: str, genres, year=None, k: int = 10, as_frame: bool = False):
         """The k known movies closest (cosine) to a new movie given by title and genres."""
-        m, _ = self.new_movie_vector(title, genres, year)
-        k = self._check_k(k, len(self._m))
-        scores, rows = self._idx["movies_cos"].search(normalize(m[None, :]), k)
+        v = self.new_movie_vector(title, genres, year)
+        k = self._check_k(k, len(self._ms))
+        scores, rows = self._idx["movies_cos"].search(normalize(v["similarity"][None, :]), k)
         keep = rows[0] >= 0
         return self._movie_rows(rows[0][keep], scores[0][keep], as_frame)
 
     def users_for_new_movie(self, title: str, genres, year=None, k: int = 10, as_frame: bool = False):
-        """The k users predicted to rate a new movie highest."""
-        m, b_m = self.new_movie_vector(title, genres, year)
-        return self._users_for_vector(m, b_m, k, as_frame)
+        """The k users the model scores highest for a new movie."""
+        return self._users_for_vector(self.new_movie_vector(title, genres, year)["score"], k, as_frame)

@@ -1,8 +1,11 @@
-"""Horovod data-parallel training of the rating network (custom loop, wrapped tape).
+"""Model-agnostic Horovod data-parallel training (custom loop, wrapped tape).
 
-The order follows Horovod's TF2 examples, each Horovod line easy to spot:
-init -> pin device -> shard data -> scale learning rate -> wrap the tape -> broadcast
-rank 0's variables after the first step -> average metrics -> checkpoint/log on rank 0.
+:func:`train` is the one main flow, in the order of Horovod's TF2 examples, each Horovod
+line marked: init -> pin device -> shard data -> scale learning rate -> wrap the tape ->
+broadcast rank 0's variables (rank 0 also decides the resume point) -> average metrics ->
+checkpoint/log on rank 0. The model comes from the registry (``model.kind``) and brings
+its own named losses and its validation metric (recsys/models/contract.py); nothing here
+knows a formula.
 
 Every rank runs the same number of steps per epoch, computed from the global number of
 training examples in the manifest (``floor(examples / (batch_size * ranks))``), and reads
@@ -19,13 +22,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from recsys.config import Config  # noqa: E402
-from recsys.errors import ArtifactError  # noqa: E402
+from recsys.errors import ArtifactError, RecsysError  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -108,31 +112,6 @@ def _warmup_class():
     return WarmUp
 
 
-def movie_log_sampling_probability(prepared: Path, features: list[dict]):
-    """log q_m [movie vocab]: the share of training examples that are movie m (the rate at which
-    it appears as an in-batch negative), from the prepared ``ratings_train`` table."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    vocab = next(f["vocab_size"] for f in features if f["name"] == "movie_id")
-    ids = pq.read_table(prepared / "ratings_train", columns=["movie_idx"]).column("movie_idx").to_numpy()
-    counts = np.bincount(ids, minlength=vocab).astype(np.float64)
-    return np.log(np.maximum(counts, 0.5) / max(1.0, counts.sum()))
-
-
-def training_user_history(prepared: Path, features: list[dict], length: int):
-    """The [user vocab, length] table of each user's training movies (model.user_history_table),
-    from the prepared ``ratings_train`` table: validation and test ratings never enter it."""
-    import pyarrow.parquet as pq
-
-    from recsys.model import user_history_table
-
-    vocab = next(f["vocab_size"] for f in features if f["name"] == "user_id")
-    t = pq.read_table(prepared / "ratings_train", columns=["user_idx", "movie_idx", "timestamp"])
-    return user_history_table(t.column("user_idx").to_numpy(), t.column("movie_idx").to_numpy(),
-                              t.column("timestamp").to_numpy(), vocab, length)
-
-
 def manifest_checksum(prepared: Path) -> str:
     from recsys.checksums import sha256_file
 
@@ -154,7 +133,8 @@ def verify_shards(prepared: Path, splits: dict, names: tuple[str, ...]) -> None:
 
 
 class _Progress:
-    """Where training stands: the epoch to run next, global examples done in it, history, early stopping.
+    """Where training stands: the epoch to run next, global examples done in it, history, and early
+    stopping (``best``: the lowest selection value so far, see contract.selection_value).
 
     A plain object in a static run; in an elastic run its fields live in Horovod's elastic
     state, which commits them with the variables and restores them after a lost worker."""
@@ -179,339 +159,64 @@ def _is_peer_failure(err: Exception) -> bool:
         op in text for op in ("HorovodAllreduce", "HorovodBroadcast", "HorovodAllgather"))
 
 
-class Trainer:
-    """One training run: data spec, model, optimizer, checkpoints and the compiled steps.
 
-    ``fit()`` is the static loop (a fixed set of ranks); ``fit_elastic()`` runs the same
-    epochs under ``hvd.elastic.run`` so that ranks may leave (and join) between commits.
-    """
+LAST_RUN = None  # the latest Run of this process, for inspection after train() returns (tests)
 
-    def __init__(self, cfg: Config, threads: int, max_steps: int | None = None):
-        import tensorflow as tf
-        import tf_keras as keras
 
-        import horovod.tensorflow as hvd
+class TrainingDivergedError(RecsysError):
+    """A loss became NaN or infinite."""
 
-        from recsys.model import RatingModel, retrieval_loss
-        from recsys.prepare.job import load_manifest
 
-        self.cfg, self.hvd, self.max_steps = cfg, hvd, max_steps
-        self.prepared = Path(cfg.paths.prepared)
-        self.manifest = load_manifest(self.prepared)
-        if hvd.rank() == 0:
-            verify_shards(self.prepared, self.manifest["splits"], ("train", "valid"))
-        self.features = self.manifest["features"]["features"]
-        epr = self.manifest["examples_per_record"]
-        self.batch_records = max(1, cfg.train.batch_size // epr)
-        self.batch_examples = self.batch_records * epr
-        self.total = self.manifest["splits"]["train"]["examples"]
-        self.threads = threads  # tf.data threads per rank (train() sets TF's pools from the same figure)
-        valid_split = "valid" if "valid" in self.manifest["splits"] else "test"
-        self.valid_files = [str(self.prepared / s["path"]) for s in self.manifest["splits"][valid_split]["shards"]]
-        stats = self.manifest["stats"]
-        self.rating_range = (stats["rating_min"], stats["rating_max"])
+@dataclass
+class Run:
+    """What one training run holds: data spec, model, optimizer, checkpoint manager, compiled steps."""
 
-        self.model = model = RatingModel(self.manifest["features"], stats["train_rating_mean"], cfg.model)
-        # Horovod: the learning rate is scaled by the number of ranks (a variable: elastic runs change it),
-        # reached by linear warm-up over the first epoch(s) of a full-size run
-        self.ranks_var = tf.Variable(float(hvd.size()), trainable=False, name="ranks")
-        spe = self.steps_per_epoch(hvd.size())
-        WarmUp = _warmup_class()
-        self.warmup_steps = max(1, int(cfg.train.warmup_epochs * spe))
-        self.optimizer = keras.optimizers.Adam(learning_rate=WarmUp(
-            cfg.train.learning_rate, self.warmup_steps, spe, cfg.train.lr_decay_per_epoch, self.ranks_var))
-        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.model_dir = Path(cfg.paths.model)
-        # build every variable (model and optimizer slots) so checkpoints and elastic state can hold them
-        sample_x, _ = next(iter(make_dataset(self.valid_files[:1], self.features, 1, threads=1)))
-        model.retrieval_score(sample_x)  # builds both towers, the retrieval-only heads and the prior
-        if cfg.model.user_history_length > 0:
-            model.user_tower.set_history(training_user_history(self.prepared, self.features,
-                                                               cfg.model.user_history_length))
-        self.optimizer.build(model.trainable_variables)
-        # Polyak averaging: an exponential moving average of the weights, validated and kept
-        # as the model (less noise than the last step's weights); empty when off
-        decay = cfg.train.weight_average_decay
-        self.averages = [tf.Variable(v, trainable=False, name=f"average_{i}")
-                         for i, v in enumerate(model.trainable_variables)] if decay > 0 else []
-        ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step_var, epoch=self.epoch_var,
-                                   averages=self.averages)
-        self.manager = tf.train.CheckpointManager(ckpt, str(self.model_dir / "checkpoints"), max_to_keep=3)
-        self.best_ckpt = tf.train.Checkpoint(model=model)
+    cfg: Config
+    hvd: object
+    prepared: Path
+    manifest: dict
+    model: object
+    optimizer: object
+    ranks_var: object
+    step_var: object
+    epoch_var: object
+    averages: list
+    manager: object
+    metric: str
+    threads: int
+    batch_records: int
+    batch_examples: int
+    total: int
+    warmup_steps: int
+    max_steps: int | None
+    started: float = field(default_factory=time.time)
+    train_step: object = None
+    writer: object = None
+    catalog: object = None
 
-        rw, temp = cfg.model.retrieval_weight, cfg.model.retrieval_temperature
-        log_q = tf.constant(movie_log_sampling_probability(self.prepared, self.features), tf.float32) if rw > 0 else None
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.cfg.paths.model)
 
-        @tf.function
-        def train_step(x, y, first_batch):
-            with tf.GradientTape() as tape:
-                u, b_u, m, b_m, u_r, m_r = model.all_heads(x, training=True)
-                pred = model.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
-                mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - y))
-                loss = mse + tf.add_n(model.losses) if model.losses else mse
-                if rw > 0:
-                    ids = x["movie_id"]
-                    loss = loss + rw * retrieval_loss(tf.concat([u, u_r], -1), tf.concat([m, m_r], -1),
-                                                      model.prior(ids), ids, tf.gather(log_q, ids), temp)
-            tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
-            grads = tape.gradient(loss, model.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            if first_batch:  # Horovod: start every rank from rank 0's variables
-                hvd.broadcast_variables(model.variables, root_rank=0)
-                hvd.broadcast_variables(self.optimizer.variables(), root_rank=0)
-                if self.averages:
-                    hvd.broadcast_variables(self.averages, root_rank=0)
-            for average, var in zip(self.averages, model.trainable_variables):
-                average.assign(decay * average + (1.0 - decay) * var)
-            return mse, tf.shape(y)[0]
-
-        @tf.function
-        def eval_step(x, y):
-            pred = tf.clip_by_value(tf.cast(model(x, training=False), tf.float32), *self.rating_range)
-            return tf.reduce_sum(tf.square(pred - y)), tf.cast(tf.shape(y)[0], tf.float32)
-
-        self.train_step, self.eval_step = train_step, eval_step
-        self.writer = None
-        self.started = time.time()
-
-    # ------------------------------------------------------------------ data
+    @property
+    def features(self) -> list[dict]:
+        return self.manifest["features"]["features"]
 
     def steps_per_epoch(self, size: int) -> int:
         """Steps each rank runs per epoch: the same on every rank, from the global example count."""
         steps = max(1, self.total // (self.batch_examples * size))
         return min(steps, self.max_steps) if self.max_steps else steps
 
-    def inputs(self, rank: int, size: int):
-        """(endless training iterator over this rank's disjoint share, this rank's validation dataset)."""
-        cfg = self.cfg
-        # Horovod: each rank reads its own disjoint part of the training shards
-        files, by_record = shard_files_for_rank(self.manifest["splits"]["train"]["shards"], self.prepared, rank, size)
-        train_ds = make_dataset(files, self.features, self.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
-                                seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
-                                repeat=True, threads=self.threads)
-        valid_ds = make_dataset(self.valid_files, self.features, max(1, 8192 // self.manifest["examples_per_record"]),
-                                record_shard=(rank, size), threads=self.threads)
-        return iter(train_ds), valid_ds
-
-    @contextlib.contextmanager
-    def averaged_weights(self):
-        """Inside: the model holds the averaged weights (when averaging is on); after: the live ones."""
-        if not self.averages:
-            yield
-            return
-        live = [v.numpy() for v in self.model.trainable_variables]
-        for var, average in zip(self.model.trainable_variables, self.averages):
-            var.assign(average)
-        try:
-            yield
-        finally:
-            for var, value in zip(self.model.trainable_variables, live):
-                var.assign(value)
-
-    def validate(self, valid_ds) -> float:
-        import tensorflow as tf
-
-        hvd = self.hvd
-        sse = tf.constant(0.0); n = tf.constant(0.0)
-        for x, y in valid_ds:
-            a, b = self.eval_step(x, y)
-            sse += a; n += b
-        # Horovod: sum over ranks, so the RMSE covers the whole validation set
-        sse = hvd.allreduce(sse, op=hvd.Sum); n = hvd.allreduce(n, op=hvd.Sum)
-        return float(tf.sqrt(sse / tf.maximum(n, 1.0)))
-
-    # ------------------------------------------------------------------ checkpoints and logs
-
-    def restore(self, resume: bool) -> _Progress:
-        """The latest checkpoint (with ``--resume``) or a fresh start, as a :class:`_Progress`."""
-        rank = self.hvd.rank()
-        if resume and self.manager.latest_checkpoint:
-            # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
-            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            epoch = int(self.epoch_var.numpy())
-            history_path = self.model_dir / "history.json"
-            history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
-            if rank == 0:
-                _log(f"resumed from {self.manager.latest_checkpoint} at epoch {epoch}")
-            if not history:
-                return _Progress(epoch)
-            best_at = min(range(len(history)), key=lambda i: history[i]["valid_rmse"])
-            return _Progress(epoch, 0, history, history[best_at]["valid_rmse"], len(history) - 1 - best_at)
-        if resume and rank == 0:
-            _log(f"--resume: no checkpoint in {self.model_dir / 'checkpoints'}, starting fresh")
-        return _Progress()
-
-    def close_epoch(self, progress, losses: list[float], seen: int, seconds: float, valid_ds) -> bool:
-        """Average the epoch's metrics over ranks, validate, checkpoint and log on rank 0;
-        returns the early-stopping decision (rank 0's, broadcast to all)."""
-        import numpy as np
-        import tensorflow as tf
-
-        hvd, cfg = self.hvd, self.cfg
-        rank, size = hvd.rank(), hvd.size()
-        # Horovod: average the epoch's metrics over ranks before anyone reads them
-        train_mse = float(hvd.allreduce(tf.constant(np.mean(losses) if losses else 0.0), op=hvd.Average))
-        total_seen = int(hvd.allreduce(tf.constant(seen, tf.int64), op=hvd.Sum))
-        with self.averaged_weights():
-            valid_rmse = self.validate(valid_ds)
-        epoch = progress.epoch + 1
-        self.epoch_var.assign(epoch)
-        record = {"epoch": epoch, "train_rmse": math.sqrt(train_mse), "valid_rmse": valid_rmse,
-                  "examples_per_s": total_seen / seconds, "examples_per_s_per_rank": total_seen / seconds / size,
-                  "seconds": seconds, "ranks": size}
-        progress.history = progress.history + [record]
-        improved = valid_rmse < progress.best - 1e-4
-        if improved:
-            progress.best, progress.bad_epochs = valid_rmse, 0
-        else:
-            progress.bad_epochs += 1
-        progress.epoch, progress.examples_done = epoch, 0
-        if rank == 0:  # Horovod: only rank 0 writes checkpoints and logs
-            self.manager.save(checkpoint_number=epoch)
-            if improved:
-                with self.averaged_weights():
-                    self.best_ckpt.write(str(self.model_dir / "best" / "weights"))
-            _write_json(self.model_dir / "history.json", progress.history)
-            if self.writer is None:
-                self.writer = tf.summary.create_file_writer(str(self.model_dir / "logs"))
-            with self.writer.as_default():
-                for k in ("train_rmse", "valid_rmse", "examples_per_s"):
-                    tf.summary.scalar(k, record[k], step=epoch)
-            _log(f"epoch {epoch}/{cfg.train.epochs}: train RMSE {record['train_rmse']:.4f}, "
-                 f"valid RMSE {valid_rmse:.4f}{' *' if improved else ''}, {record['examples_per_s']:,.0f} examples/s "
-                 f"({record['examples_per_s_per_rank']:,.0f} per rank), {seconds:.1f}s")
-        # Horovod: every rank takes rank 0's stopping decision
-        stop = int(hvd.broadcast(tf.constant(int(progress.bad_epochs >= cfg.train.early_stopping_patience)), 0))
-        if stop and rank == 0:
-            _log(f"early stopping: no validation improvement for {progress.bad_epochs} epochs")
-        return bool(stop)
-
-    def banner(self, size: int) -> None:
-        if self.hvd.rank() == 0:
-            self.model_dir.mkdir(parents=True, exist_ok=True)
-            _log(f"{size} rank(s), {self.threads} threads each; {self.total:,} training examples, "
-                 f"{self.steps_per_epoch(size)} steps/epoch of {self.batch_examples} examples per rank; "
-                 f"lr {self.cfg.train.learning_rate * size:g} after {self.warmup_steps} warm-up steps")
-
-    def finish(self, progress) -> dict | None:
-        """Rank 0: reload the best weights and write ``model.json``; returns the summary."""
-        if self.hvd.rank() != 0:
-            return None
-        self.best_ckpt.read(str(self.model_dir / "best" / "weights")).expect_partial()
-        history = progress.history
-        summary = {
-            "config": self.cfg.to_dict(), "prepared": str(self.prepared),
-            "manifest_sha256": manifest_checksum(self.prepared), "ranks": self.hvd.size(),
-            "best_valid_rmse": progress.best, "epochs_run": len(history), "history": history,
-            "train_seconds": time.time() - self.started, "mu": self.model.mu,
-            "weights": "best/weights", "feature_spec": self.manifest["features"],
-        }
-        _write_json(self.model_dir / "model.json", summary)
-        _log(f"saved {self.model_dir} (best valid RMSE {progress.best:.4f})")
-        return summary
-
-    # ------------------------------------------------------------------ loops
-
-    def fit(self, resume: bool = False) -> dict | None:
-        """The static loop: a fixed set of ranks; a lost rank stops the run with WorkerLostError."""
-        import tensorflow as tf
-
-        hvd = self.hvd
-        progress = self.restore(resume)
-        rank, size = hvd.rank(), hvd.size()
-        self.banner(size)
-        it, valid_ds = self.inputs(rank, size)
-        steps = self.steps_per_epoch(size)
-        first = True  # broadcast after the first step of every run, resumed ones included
-        try:
-            while progress.epoch < self.cfg.train.epochs:
-                t0, losses, seen = time.time(), [], 0
-                for _ in range(steps):
-                    x, y = next(it)
-                    mse, n = self.train_step(x, y, tf.constant(first))
-                    first = False
-                    self.step_var.assign_add(1)
-                    losses.append(float(mse)); seen += int(n)
-                if self.close_epoch(progress, losses, seen, time.time() - t0, valid_ds):
-                    break
-        except Exception as err:  # noqa: BLE001 - only a peer's failure is translated, the rest re-raised
-            if not _is_peer_failure(err):
-                raise
-            from recsys.errors import WorkerLostError
-
-            raise WorkerLostError(
-                f"rank {rank} of {size}: another rank stopped during epoch {progress.epoch + 1} "
-                f"(Horovod shut down: a worker died or lost its connection). The last checkpoint is "
-                f"{self.manager.latest_checkpoint or 'none yet'}; re-run the same command with --resume to continue "
-                "from it, or run elastic (docs/reliability.md) to survive a lost worker") from None
-        return self.finish(progress)
-
-    def fit_elastic(self, resume: bool = False) -> dict | None:
-        """The elastic loop (``horovodrun --min-np ... --max-np ... --host-discovery-script ...``).
-
-        Variables, optimizer slots and progress are committed in memory every
-        ``train.elastic_commit_steps`` steps and at each epoch's end. When a rank is lost the
-        survivors roll back to the last commit, Horovod re-forms the ring, and the epoch goes on
-        with the data re-sharded over the new ranks and the learning rate rescaled.
-        """
-        import horovod.tensorflow as hvd
-
-        start = self.restore(resume)
-        variables = list(self.model.variables) + list(self.optimizer.variables()) + self.averages + [
-            self.step_var, self.epoch_var]
-        state = hvd.elastic.TensorFlowState(variables, **start.fields())
-        # Horovod: rescale the learning rate to the new number of ranks after a reset
-        state.register_reset_callbacks([lambda: self.ranks_var.assign(float(hvd.size()))])
-        commit_every = self.cfg.train.elastic_commit_steps
-
-        @hvd.elastic.run
-        def loop(state):
-            rank, size = hvd.rank(), hvd.size()
-            self.banner(size)
-            it, valid_ds = self.inputs(rank, size)
-            global_batch = self.batch_examples * size
-            while state.epoch < self.cfg.train.epochs:
-                t0, losses, seen = time.time(), [], 0
-                # the rest of the epoch at the current size (all of it unless resumed mid-epoch)
-                steps = max(0, (self.total - state.examples_done) // global_batch)
-                steps = min(steps, self.steps_per_epoch(size))
-                for i in range(steps):
-                    x, y = next(it)
-                    mse, n = self.train_step(x, y, False)  # state.sync() already broadcast rank 0's variables
-                    self.step_var.assign_add(1)
-                    state.examples_done += global_batch
-                    losses.append(float(mse)); seen += int(n)
-                    if (i + 1) % commit_every == 0:
-                        state.commit()
-                stop = self.close_epoch(state, losses, seen, time.time() - t0, valid_ds)
-                state.commit()
-                if stop:
-                    break
-
-        loop(state)
-        return self.finish(state)
+    def state_variables(self) -> list:
+        """Every variable a checkpoint, a broadcast or an elastic commit must carry."""
+        return (list(self.model.variables) + list(self.optimizer.variables()) + self.averages
+                + [self.step_var, self.epoch_var])
 
 
-def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + rename): a killed writer never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def is_elastic() -> bool:
-    """True under ``horovodrun --min-np/--max-np/--host-discovery-script`` (Horovod sets HOROVOD_ELASTIC)."""
-    return os.environ.get("HOROVOD_ELASTIC", "0") == "1"
-
-
-def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> dict | None:
-    """Train on ``cfg.paths.prepared`` into ``cfg.paths.model``; returns rank 0's summary."""
+def pin_device(cfg: Config, hvd) -> int:
+    """Pin one GPU per local rank (none on CPU) and size TF's thread pools; returns threads per rank."""
     import tensorflow as tf
 
-    import horovod.tensorflow as hvd
-
-    hvd.init()  # Horovod: start (a size-1 world without horovodrun)
     gpus = tf.config.experimental.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -525,6 +230,476 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
     tf.random.set_seed(cfg.train.seed + hvd.rank())
+    return threads
 
-    trainer = Trainer(cfg, threads, max_steps)
-    return trainer.fit_elastic(resume) if is_elastic() else trainer.fit(resume)
+
+def build_run(cfg: Config, hvd, threads: int, max_steps: int | None) -> Run:
+    """Manifest, model (from the registry), learning rate scaled by the number of ranks, optimizer,
+    averages and checkpoint manager; every variable built so checkpoints and broadcasts see it."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from recsys.models import build_model
+    from recsys.models.contract import validation_metric
+    from recsys.prepare.job import load_manifest
+
+    prepared = Path(cfg.paths.prepared)
+    manifest = load_manifest(prepared)
+    if hvd.rank() == 0:
+        verify_shards(prepared, manifest["splits"], ("train", "valid"))
+    if "valid" not in manifest["splits"]:
+        raise ArtifactError(f"{prepared}/manifest.json has no validation split: model selection would use the "
+                            "test split; prepare with prepare.split.validation_fraction > 0")
+    model = build_model(manifest["features"], manifest["stats"], cfg.model)
+    model.prepare(prepared)
+    metric = validation_metric(cfg.model, model)
+    epr = manifest["examples_per_record"]
+    batch_records = max(1, cfg.train.batch_size // epr)
+    total = manifest["splits"]["train"]["examples"]
+    spe = max(1, total // (batch_records * epr * hvd.size()))
+    spe = min(spe, max_steps) if max_steps else spe
+    warmup_steps = max(1, int(cfg.train.warmup_epochs * spe))
+    # Horovod: the learning rate is scaled by the number of ranks (a variable: elastic runs change it),
+    # reached by linear warm-up over the first epoch(s)
+    ranks_var = tf.Variable(float(hvd.size()), trainable=False, name="ranks")
+    optimizer = keras.optimizers.Adam(learning_rate=_warmup_class()(
+        cfg.train.learning_rate, warmup_steps, spe, cfg.train.lr_decay_per_epoch, ranks_var))
+    optimizer.build(model.trainable_variables)
+    decay = cfg.train.weight_average_decay
+    # Polyak averaging: an exponential moving average of the weights, validated and kept as the model
+    averages = [tf.Variable(v, trainable=False, name=f"average_{i}")
+                for i, v in enumerate(model.trainable_variables)] if decay > 0 else []
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var, averages=averages)
+    manager = tf.train.CheckpointManager(ckpt, str(Path(cfg.paths.model) / "checkpoints"), max_to_keep=3)
+    return Run(cfg, hvd, prepared, manifest, model, optimizer, ranks_var, step_var, epoch_var, averages, manager,
+               metric, threads, batch_records, batch_records * epr, total, warmup_steps, max_steps)
+
+
+def make_train_step(run: Run):
+    """The compiled step: the model's named losses, the Horovod-wrapped tape, the optimizer step,
+    the weight averages. Returns ``(named losses, examples)``."""
+    import tensorflow as tf
+
+    hvd, model, optimizer = run.hvd, run.model, run.optimizer
+    decay = run.cfg.train.weight_average_decay
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            losses = model.named_losses(x, y)
+            total = tf.add_n(list(losses.values()))
+        tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        for average, var in zip(run.averages, model.trainable_variables):
+            average.assign(decay * average + (1.0 - decay) * var)
+        return losses, tf.shape(y)[0]
+
+    return train_step
+
+
+def inputs(run: Run, rank: int, size: int):
+    """(endless training iterator over this rank's disjoint share, this rank's validation dataset)."""
+    cfg, epr = run.cfg, run.manifest["examples_per_record"]
+    # Horovod: each rank reads its own disjoint part of the training shards
+    files, by_record = shard_files_for_rank(run.manifest["splits"]["train"]["shards"], run.prepared, rank, size)
+    train_ds = make_dataset(files, run.features, run.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
+                            seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
+                            repeat=True, threads=run.threads)
+    valid_files = [str(run.prepared / s["path"]) for s in run.manifest["splits"]["valid"]["shards"]]
+    valid_ds = make_dataset(valid_files, run.features, max(1, 8192 // epr), record_shard=(rank, size),
+                            threads=run.threads)
+    return iter(train_ds), valid_ds
+
+
+@contextlib.contextmanager
+def averaged_weights(run: Run):
+    """Inside: the model holds the averaged weights (when averaging is on); after: the live ones."""
+    if not run.averages:
+        yield
+        return
+    live = [v.numpy() for v in run.model.trainable_variables]
+    for var, average in zip(run.model.trainable_variables, run.averages):
+        var.assign(average)
+    try:
+        yield
+    finally:
+        for var, value in zip(run.model.trainable_variables, live):
+            var.assign(value)
+
+
+def validate(run: Run, valid_ds) -> dict[str, float]:
+    """The validation metrics the model's selection metric needs, over all ranks' shares."""
+    import tensorflow as tf
+
+    from recsys.models.contract import NDCG, RMSE, metrics_needed
+
+    hvd, model, out = run.hvd, run.model, {}
+    needed = metrics_needed(run.metric)
+    if RMSE in needed:
+        lo, hi = run.manifest["stats"]["rating_min"], run.manifest["stats"]["rating_max"]
+        sse, n = 0.0, 0.0
+        for x, y in valid_ds:
+            pred = tf.clip_by_value(model.score(x, training=False), lo, hi)
+            sse += float(tf.reduce_sum(tf.square(pred - y))); n += int(tf.shape(y)[0])
+        # Horovod: sum over ranks, so the RMSE covers the whole validation set
+        sse = float(hvd.allreduce(tf.constant(sse, tf.float64), op=hvd.Sum))
+        n = float(hvd.allreduce(tf.constant(n, tf.float64), op=hvd.Sum))
+        out[RMSE] = math.sqrt(sse / max(n, 1.0))
+    if NDCG in needed:
+        if run.catalog is None:
+            run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed)
+        total, n = run.catalog.ndcg_sum(model, hvd.rank(), hvd.size())
+        total = float(hvd.allreduce(tf.constant(total, tf.float64), op=hvd.Sum))
+        n = float(hvd.allreduce(tf.constant(n, tf.float64), op=hvd.Sum))
+        out[NDCG] = total / max(n, 1.0)
+    return out
+
+
+class ValidationCatalog:
+    """Ranking validation (NDCG@10): a fixed seeded sample of the users with validation ratings,
+    every catalog movie scored through the model's rank vectors, training movies excluded;
+    relevant: the user's validation movies (binary gains, as recsys evaluate). Each rank scores
+    every ``size``-th sampled user; memory: one block of users x the catalog."""
+
+    def __init__(self, prepared: Path, max_users: int, seed: int, block: int = 256):
+        import numpy as np
+        import pandas as pd
+
+        self.users = pd.read_parquet(prepared / "users.parquet")
+        self.movies = pd.read_parquet(prepared / "movies.parquet")
+        movie_row = pd.Series(np.arange(len(self.movies)), index=self.movies.movie_id)
+        valid = pd.read_parquet(prepared / "ratings_valid", columns=["user_id", "movie_id"])
+        train = pd.read_parquet(prepared / "ratings_train", columns=["user_id", "movie_id"])
+        ids = np.sort(valid.user_id.unique())
+        if len(ids) > max_users:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, max_users, replace=False))
+        self.user_ids = ids
+        self.user_row = pd.Series(np.arange(len(self.users)), index=self.users.user_id)
+        self.relevant = {u: set(movie_row.loc[g].to_numpy()) for u, g in valid.groupby("user_id").movie_id}
+        train = train[train.user_id.isin(ids)]
+        self.seen = {u: movie_row.loc[g].to_numpy() for u, g in train.groupby("user_id").movie_id}
+        self.block = block
+
+    def ndcg_sum(self, model, rank: int, size: int, k: int = 10) -> tuple[float, int]:
+        """(sum of NDCG@k, users) over this rank's share of the sampled users."""
+        import numpy as np
+        import tensorflow as tf
+
+        from recsys.evaluation import ndcg_at_k
+        from recsys.features import encoded_columns
+
+        def vectors(fn, frame, names):
+            enc = encoded_columns(frame, names)
+            return np.concatenate([fn({n: tf.constant(v[s:s + 8192]) for n, v in enc.items()})["rank"].numpy()
+                                   for s in range(0, len(frame), 8192)]).astype(np.float32)
+
+        items = vectors(model.movie_vectors, self.movies, model.movie_features)  # [M, R]
+        mine = self.user_ids[rank::size]
+        total = 0.0
+        for s in range(0, len(mine), self.block):
+            ids = mine[s:s + self.block]
+            q = vectors(model.user_vectors, self.users.iloc[self.user_row.loc[ids].to_numpy()], model.user_features)
+            scores = q @ items.T
+            for i, u in enumerate(ids):
+                scores[i, self.seen.get(u, [])] = -np.inf
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+            total += sum(ndcg_at_k(top[i], self.relevant[u], k) for i, u in enumerate(ids))
+        return total, len(mine)
+
+
+def restore(run: Run, resume: bool) -> _Progress:
+    """The latest checkpoint (with ``--resume``) or a fresh start.
+
+    Rank 0 alone decides: it reads its checkpoint and history, and broadcasts the progress;
+    the variables follow in :func:`broadcast_start`. Ranks never disagree on the resume point
+    even when only rank 0's model directory holds the checkpoints (node-local directories).
+    """
+    hvd, progress = run.hvd, _Progress()
+    if hvd.rank() == 0 and resume:
+        latest = _restore_latest_readable(run)
+        if latest:
+            epoch = int(run.epoch_var.numpy())
+            history_path = run.model_dir / "history.json"
+            history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
+            _log(f"resumed from {latest} at epoch {epoch}")
+            progress = _Progress(epoch, 0, history)
+            if history:
+                best_at = min(range(len(history)), key=lambda i: history[i]["valid_selection"])
+                progress.best, progress.bad_epochs = history[best_at]["valid_selection"], len(history) - 1 - best_at
+        else:
+            _log(f"--resume: no checkpoint in {run.model_dir / 'checkpoints'}, starting fresh")
+    if hvd.rank() == 0:
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
+    # Horovod: every rank takes rank 0's resume point
+    return _Progress(**run.hvd.broadcast_object(progress.fields(), root_rank=0))
+
+
+RUN_CONFIG = "run_config.json"  # the config of the run that wrote the checkpoints
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_resumed_config(run: Run) -> None:
+    """Compare the checkpointed run's config with this one: a changed model stops with one line naming
+    the keys; changed training settings go on and are logged."""
+    from recsys.errors import ConfigError
+
+    path = run.model_dir / RUN_CONFIG
+    if not path.is_file():
+        return
+    saved, new = _flat(json.loads(path.read_text())), _flat(run.cfg.to_dict())
+    differ = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    model_keys = [k for k in differ if k.startswith("model.")]
+    if model_keys:
+        raise ConfigError("--resume: the model differs from the checkpointed run's ("
+                          + ", ".join(f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in model_keys)
+                          + f"); train into another paths.model, or run without --resume to start over")
+    for k in (k for k in differ if k.startswith("train.")):
+        _log(f"--resume: {k} changed {saved.get(k)!r} -> {new.get(k)!r}; going on with the new value")
+
+
+def _restore_latest_readable(run: Run) -> str | None:
+    """Restore the newest checkpoint that reads completely; a damaged one falls back to the previous."""
+    import tensorflow as tf
+
+    if run.manager.latest_checkpoint:
+        _check_resumed_config(run)
+    for path in reversed(run.manager.checkpoints):
+        try:
+            # every variable that exists must come back (model, optimizer slots, step, epoch, averages)
+            run.manager.checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as err:  # IndexError: a truncated file
+            _log(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); trying the previous one")
+    if run.manager.checkpoints:
+        raise ArtifactError(f"no checkpoint in {run.model_dir / 'checkpoints'} can be read; run without --resume")
+    return None
+
+
+def broadcast_start(run: Run) -> None:
+    """Horovod: start every rank from rank 0's variables (model, optimizer slots, averages, step, epoch)."""
+    run.hvd.broadcast_variables(run.state_variables(), root_rank=0)
+
+
+def check_finite(run: Run, losses: dict, epoch: int, step: int) -> None:
+    """Stop at the first non-finite loss with one line naming where and the likely knobs."""
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        t = run.cfg.train
+        raise TrainingDivergedError(
+            f"training diverged: non-finite loss {', '.join(f'{k}={v}' for k, v in bad.items())} at epoch "
+            f"{epoch}, step {step}; likely knobs: train.learning_rate ({t.learning_rate:g} per rank, x{run.hvd.size()} "
+            f"ranks), train.warmup_epochs ({t.warmup_epochs:g}), train.batch_size ({t.batch_size})"
+            + "".join(f", {hint}" for hint in run.model.divergence_knobs()))
+
+
+def close_epoch(run: Run, progress, losses: list[dict], seen: int, seconds: float, valid_ds) -> bool:
+    """Average the epoch's losses over ranks, validate, checkpoint and log on rank 0; returns the
+    early-stopping decision (rank 0's, broadcast to all)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from recsys.models.contract import selection_value
+
+    hvd, cfg = run.hvd, run.cfg
+    rank, size = hvd.rank(), hvd.size()
+    names = sorted(losses[0]) if losses else []
+    # Horovod: average the epoch's metrics over ranks before anyone reads them
+    train = {name: float(hvd.allreduce(tf.constant(float(np.mean([l[name] for l in losses])), tf.float64),
+                                       op=hvd.Average, name=f"train_{name}")) for name in names}
+    total_seen = int(hvd.allreduce(tf.constant(seen, tf.int64), op=hvd.Sum))
+    with averaged_weights(run):
+        valid = validate(run, valid_ds)
+    value = selection_value(run.metric, valid, cfg.model.validation_ndcg_weight)
+    valid.setdefault(run.metric, value)  # "mix": the combined figure is logged beside its parts
+    epoch = progress.epoch + 1
+    run.epoch_var.assign(epoch)
+    record = {"epoch": epoch, "train_loss": sum(train.values()), **{f"train_{k}": v for k, v in train.items()},
+              **{f"valid_{k}": v for k, v in valid.items()}, "valid_selection": value,
+              "examples_per_s": total_seen / seconds, "examples_per_s_per_rank": total_seen / seconds / size,
+              "seconds": seconds, "ranks": size}
+    progress.history = progress.history + [record]
+    improved = value < progress.best - 1e-4
+    if improved:
+        progress.best, progress.bad_epochs = value, 0
+    else:
+        progress.bad_epochs += 1
+    progress.epoch, progress.examples_done = epoch, 0
+    if rank == 0:  # Horovod: only rank 0 writes checkpoints and logs
+        from recsys.models.contract import WEIGHTS, write_weights
+
+        run.manager.save(checkpoint_number=epoch)
+        if improved:
+            with averaged_weights(run):
+                write_weights(run.model, run.model_dir / WEIGHTS)
+        _write_json(run.model_dir / "history.json", progress.history)
+        if run.writer is None:
+            run.writer = tf.summary.create_file_writer(str(run.model_dir / "logs"))
+        with run.writer.as_default():
+            for k, v in record.items():
+                if k.startswith(("train_", "valid_")) or k == "examples_per_s":
+                    tf.summary.scalar(k, v, step=epoch)
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in train.items())
+        checks = ", ".join(f"valid {k} {v:.4f}" for k, v in valid.items())
+        _log(f"epoch {epoch}/{cfg.train.epochs}: train loss {record['train_loss']:.4f} ({parts}), "
+             f"{checks}{' *' if improved else ''}, {record['examples_per_s']:,.0f} examples/s "
+             f"({record['examples_per_s_per_rank']:,.0f} per rank), {seconds:.1f}s")
+    # Horovod: every rank takes rank 0's stopping decision
+    stop = int(hvd.broadcast(tf.constant(int(progress.bad_epochs >= cfg.train.early_stopping_patience)), 0))
+    if stop and rank == 0:
+        _log(f"early stopping: no validation improvement ({run.metric}) for {progress.bad_epochs} epochs")
+    return bool(stop)
+
+
+def banner(run: Run, size: int) -> None:
+    if run.hvd.rank() == 0:
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        _log(f"model {run.model.kind} (selected on validation {run.metric}); {size} rank(s), {run.threads} threads "
+             f"each; {run.total:,} training examples, {run.steps_per_epoch(size)} steps/epoch of "
+             f"{run.batch_examples} examples per rank; lr {run.cfg.train.learning_rate * size:g} after "
+             f"{run.warmup_steps} warm-up steps")
+
+
+def finish(run: Run, progress) -> dict | None:
+    """Rank 0: reload the best weights (strictly) and write the model artifact; returns model.json."""
+    if run.hvd.rank() != 0:
+        return None
+    from recsys.models.contract import WEIGHTS, read_weights, write_artifact
+
+    if not Path(str(run.model_dir / WEIGHTS) + ".index").is_file():
+        raise ArtifactError(f"no best weights in {run.model_dir / WEIGHTS}: no epoch finished with a finite "
+                            "validation metric")
+    read_weights(run.model, run.model_dir / WEIGHTS)
+    best = min(progress.history, key=lambda h: h["valid_selection"]) if progress.history else {}
+    summary = {
+        "kind": run.model.kind, "rates": run.model.rates, "model_config": run.cfg.to_dict()["model"],
+        "config": run.cfg.to_dict(), "prepared": str(run.prepared),
+        "manifest_sha256": manifest_checksum(run.prepared), "ranks": run.hvd.size(),
+        "validation_metric": run.metric, "best_valid": {k[len("valid_"):]: v for k, v in best.items()
+                                                        if k.startswith("valid_") and k != "valid_selection"},
+        f"best_valid_{run.metric}": best.get(f"valid_{run.metric}"),
+        "epochs_run": len(progress.history), "history": progress.history,
+        "train_seconds": time.time() - run.started,
+    }
+    info = write_artifact(run.model_dir, run.prepared, run.manifest, summary)
+    _log(f"saved {run.model_dir} (best valid {run.metric} {summary[f'best_valid_{run.metric}']:.4f})")
+    return info
+
+
+def _peer_lost(run: Run, progress, err: Exception):
+    from recsys.errors import WorkerLostError
+
+    rank, size = run.hvd.rank(), run.hvd.size()
+    return WorkerLostError(
+        f"rank {rank} of {size}: another rank stopped during epoch {progress.epoch + 1} "
+        f"(Horovod shut down: a worker died or lost its connection). The last checkpoint is "
+        f"{run.manager.latest_checkpoint or 'none yet'}; re-run the same command with --resume to continue "
+        "from it, or run elastic (docs/reliability.md) to survive a lost worker")
+
+
+def fit_static(run: Run, progress) -> None:
+    """The static loop: a fixed set of ranks; a lost rank stops the run with WorkerLostError."""
+    hvd = run.hvd
+    rank, size = hvd.rank(), hvd.size()
+    banner(run, size)
+    it, valid_ds = inputs(run, rank, size)
+    steps = run.steps_per_epoch(size)
+    try:
+        while progress.epoch < run.cfg.train.epochs:
+            t0, losses, seen = time.time(), [], 0
+            for i in range(steps):
+                x, y = next(it)
+                named, n = run.train_step(x, y)
+                run.step_var.assign_add(1)
+                losses.append({k: float(v) for k, v in named.items()}); seen += int(n)
+                check_finite(run, losses[-1], progress.epoch + 1, i + 1)
+            if close_epoch(run, progress, losses, seen, time.time() - t0, valid_ds):
+                break
+    except Exception as err:  # noqa: BLE001 - only a peer's failure is translated, the rest re-raised
+        if not _is_peer_failure(err):
+            raise
+        raise _peer_lost(run, progress, err) from None
+
+
+def fit_elastic(run: Run, start) -> object:
+    """The elastic loop (``horovodrun --min-np ... --max-np ... --host-discovery-script ...``).
+
+    Variables, optimizer slots and progress are committed in memory every
+    ``train.elastic_commit_steps`` steps and at each epoch's end. When a rank is lost the
+    survivors roll back to the last commit, Horovod re-forms the ring, and the epoch goes on
+    with the data re-sharded over the new ranks and the learning rate rescaled.
+    """
+    import horovod.tensorflow as hvd
+
+    state = hvd.elastic.TensorFlowState(run.state_variables(), **start.fields())
+    # Horovod: rescale the learning rate to the new number of ranks after a reset
+    state.register_reset_callbacks([lambda: run.ranks_var.assign(float(hvd.size()))])
+    commit_every = run.cfg.train.elastic_commit_steps
+
+    @hvd.elastic.run  # Horovod: state.sync() broadcasts rank 0's variables and progress at every (re)start
+    def loop(state):
+        rank, size = hvd.rank(), hvd.size()
+        banner(run, size)
+        it, valid_ds = inputs(run, rank, size)
+        global_batch = run.batch_examples * size
+        while state.epoch < run.cfg.train.epochs:
+            t0, losses, seen = time.time(), [], 0
+            # the rest of the epoch at the current size (all of it unless resumed mid-epoch)
+            steps = min(max(0, (run.total - state.examples_done) // global_batch), run.steps_per_epoch(size))
+            for i in range(steps):
+                x, y = next(it)
+                named, n = run.train_step(x, y)
+                run.step_var.assign_add(1)
+                state.examples_done += global_batch
+                losses.append({k: float(v) for k, v in named.items()}); seen += int(n)
+                check_finite(run, losses[-1], state.epoch + 1, i + 1)
+                if (i + 1) % commit_every == 0:
+                    state.commit()
+            stop = close_epoch(run, state, losses, seen, time.time() - t0, valid_ds)
+            state.commit()
+            if stop:
+                break
+
+    loop(state)
+    return state
+
+
+def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> dict | None:
+    """Train ``cfg.model.kind`` on ``cfg.paths.prepared`` into ``cfg.paths.model``; returns rank 0's model.json."""
+    import horovod.tensorflow as hvd
+
+    global LAST_RUN
+    hvd.init()                                       # Horovod 1: init (a size-1 world without horovodrun)
+    threads = pin_device(cfg, hvd)                   # Horovod 2: pin one GPU per local rank
+    run = build_run(cfg, hvd, threads, max_steps)    # Horovod 3+4: data spec (sharded in inputs()), lr x ranks
+    run.train_step = make_train_step(run)            # Horovod 5: the wrapped tape
+    LAST_RUN = run
+    progress = restore(run, resume)                  # rank 0 decides the resume point, broadcast
+    if is_elastic():
+        progress = fit_elastic(run, progress)        # Horovod 6: state.sync() broadcasts at every (re)start
+    else:
+        broadcast_start(run)                         # Horovod 6: everyone starts from rank 0's variables
+        fit_static(run, progress)                    # Horovod 7+8: metrics averaged, rank 0 checkpoints
+    return finish(run, progress)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file + rename): a killed writer never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def is_elastic() -> bool:
+    """True under ``horovodrun --min-np/--max-np/--host-discovery-script`` (Horovod sets HOROVOD_ELASTIC)."""
+    return os.environ.get("HOROVOD_ELASTIC", "0") == "1"

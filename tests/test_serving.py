@@ -59,13 +59,14 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
     """Brute force: the trained model's full forward pass on every (user, movie) pair.
 
     Returns (predicted ratings, ranking scores) [users, movies]: the ranking score is the
-    retrieval score for a model trained with the retrieval loss, else the rating itself."""
+    retrieval score (times the temperature) for a model trained with the retrieval loss."""
     import tensorflow as tf
 
-    from recsys.export import TrainedModel
     from recsys.features import encoded_columns
+    from recsys.models import load_model
 
-    tm = TrainedModel(cfg.paths.model)
+    tm = load_model(cfg.paths.model)
+    model = tm.model
     out = np.empty((len(user_rows), len(movies)), np.float32)
     rank = np.empty_like(out)
     mcols = encoded_columns(movies, tm.tower_names("movie"))
@@ -73,8 +74,12 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
     for i in range(len(user_rows)):
         x = {n: tf.constant(np.repeat(v[i], len(movies)), tf.int64) for n, v in ucols.items()}
         x.update({n: tf.constant(v, tf.int64) for n, v in mcols.items()})
-        out[i] = tm.model(x, training=False).numpy()
-        rank[i] = tm.model.retrieval_score(x).numpy() if tm.ranking == "retrieval" else out[i]
+        out[i] = model.score(x).numpy()
+        u, _, mv, _ = (t.numpy() for t in (*model.user_tower(x), *model.movie_tower(x)))
+        _, _, u_r = model.user_tower.heads(x)
+        _, _, m_r = model.movie_tower.heads(x)
+        prior = model.movie_prior(x["movie_id"]).numpy()[:, 0]
+        rank[i] = (u * mv).sum(1) + (u_r.numpy() * m_r.numpy()).sum(1) + model.cfg.retrieval_temperature * prior
     return out, rank
 
 
@@ -99,7 +104,7 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
     movie_ids = movies.movie_id.to_numpy()
     sample = users.iloc[:: max(1, len(users) // 60)]  # full forward passes: 60 users x 1,682 movies
     model_scores, ranking = _model_scores(served, sample, movies)
-    assert rec.info["ranking"] == "retrieval"   # the default config trains with the retrieval loss
+    assert rec.info["kind"] == "rating" and rec.rates
     checked = 0
     for (_, u), scores, rank in zip(sample.iterrows(), model_scores, ranking):
         unseen = np.array([m not in seen_by_user.get(u.user_id, set()) for m in movie_ids])
@@ -116,8 +121,8 @@ def test_flat_top10_equals_brute_force_model_scoring(served, rec):
 
 def test_every_user_top10_equals_numpy_brute_force(rec):
     """All 943 users: FAISS Flat top-10 == numpy scoring of every unseen movie with the exported vectors."""
-    scores = rec.mu + rec._bu[:, None] + rec._bm[None, :] + rec._u @ rec._m.T
-    ranking = rec._rm[None, :] + rec._u @ rec._m.T + rec._ur @ rec._mr.T
+    scores = rec.offset + rec._us @ rec._ms.T
+    ranking = rec._ur @ rec._mr.T
     seen_by_user = pd.read_parquet(rec.directory / "seen.parquet").groupby("user_id").movie_id.apply(np.array)
     for row, user_id in enumerate(rec.users.user_id):
         seen = seen_by_user.get(int(user_id), np.empty(0))
@@ -165,10 +170,10 @@ def test_lists_errors_and_index_metadata(served, rec):
         rec.recommend_for_profile(occupation="astronaut")
     info = json.loads((Path(served.paths.index) / "index.json").read_text())
     assert info["indexes"]["movies_ip"]["type"] == "flat" and info["indexes"]["movies_ip"]["recall_at_k"] == 1.0
-    form = "[m, m_r, prior]" if served.model.retrieval_dim else "[m, prior]"
-    assert info["indexes"]["movies_ip"]["vectors"] == form and info["ranking"] == "retrieval"
-    assert info["dimension"] == served.model.output_dim
+    assert info["indexes"]["movies_ip"]["vectors"] == "movie rank" and info["kind"] == "rating"
+    assert info["indexes"]["users_ip"]["dimension"] == served.model.output_dim + 2  # [u, b_u, 1]
     assert info["indexes"]["movies_ip"]["dimension"] == served.model.output_dim + served.model.retrieval_dim + 1
+    assert (Path(served.paths.index) / info["model"] / "model.json").is_file()  # the artifact travels inside
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -198,11 +203,11 @@ CORRUPTIONS = {
                                            _rewrite_info(d, lambda i: None)), "users_ip.faiss: FAISS cannot read it"),
     "missing_parquet": (lambda d: (d / "movies.parquet").unlink(), "movies.parquet listed in .* is missing"),
     "edited_index_json": (lambda d: (d / "index.json").write_text((d / "index.json").read_text().replace(
-        '"mu": ', '"mu": 1')), "index.json was altered after it was written"),
+        '"score_offset": ', '"score_offset": 1')), "index.json was altered after it was written"),
     "index_json_not_json": (lambda d: (d / "index.json").write_text("{not json"), "index.json: not valid JSON"),
     "swapped_faiss_files": (lambda d: ((d / "movies_cos.faiss").replace(d / "tmp"), (d / "movies_ip.faiss").replace(
         d / "movies_cos.faiss"), (d / "tmp").replace(d / "movies_ip.faiss"), _rewrite_info(d, lambda i: None)),
-        r"movies_ip.faiss holds 1682 x \d+ vectors; .* says 1682 x \[m, (m_r, )?prior\]"),
+        r"movies_ip.faiss holds 1682 x \d+ vectors; .* says 1682 x movie rank"),
     "count_mismatch": (lambda d: _rewrite_info(d, lambda i: i["indexes"]["users_ip"].update(count=900)),
                        r"users_ip.faiss holds 943 x"),
     "movie_table_of_other_catalog": (lambda d: (pd.read_parquet(d / "movies.parquet").iloc[:-1].to_parquet(
@@ -234,7 +239,9 @@ def test_vectors_and_model_of_another_version_are_refused(served, tmp_path):
     import tensorflow as tf
 
     from recsys.errors import ArtifactError
-    from recsys.export import TrainedModel, load_vectors, sha256_file
+    from recsys.export import load_vectors, sha256_file
+    from recsys.models import load_model
+    from recsys.models.contract import MODEL_JSON, write_weights
     from recsys.serving import Recommender
 
     # vectors: users.parquet from another model version, vectors.json re-sealed around it
@@ -251,9 +258,12 @@ def test_vectors_and_model_of_another_version_are_refused(served, tmp_path):
     # cold start: a model directory whose weights are not the ones the index was built from
     model = tmp_path / "model"
     shutil.copytree(served.paths.model, model)
-    tm = TrainedModel(model)
+    tm = load_model(model)
     tm.model.user_tower.bias.kernel.assign_add(tf.ones_like(tm.model.user_tower.bias.kernel))
-    tf.train.Checkpoint(model=tm.model).write(str(model / tm.info["weights"]))
+    write_weights(tm.model, model / tm.info["weights"])
+    info = json.loads((model / MODEL_JSON).read_text())  # re-sealed: a valid artifact of another version
+    info["files"] = {name: sha256_file(model / name) for name in info["files"]}
+    (model / MODEL_JSON).write_text(json.dumps(info))
     rec = Recommender.load(served.paths.index, model_dir=model)
     assert rec.recommend(1, k=3)  # known users never need the model
     with pytest.raises(ArtifactError, match="rebuild the index"):

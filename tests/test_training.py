@@ -1,4 +1,7 @@
-"""The rating network and Horovod training on a small synthetic prepared dataset."""
+"""Horovod training (model-agnostic) and the rating network on a small synthetic prepared dataset.
+
+Contract tests every model inherits (identical weights on 2 ranks, exact serving, save/load)
+are in tests/test_model_contract.py."""
 
 import json
 import os
@@ -31,8 +34,9 @@ def test_two_ranks_train_in_lockstep_and_learn(prepared, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((model_dir / "model.json").read_text())
     assert summary["ranks"] == 2
-    rmse = [h["train_rmse"] for h in summary["history"]]
-    assert rmse[-1] < rmse[0]  # loss decreases
+    loss = [h["train_rating"] for h in summary["history"]]  # the rating network's named rating loss (MSE)
+    assert loss[-1] < loss[0]  # loss decreases
+    assert summary["kind"] == "rating" and summary["validation_metric"] == "rmse"
     # only rank 0 logs epochs
     assert proc.stderr.count("epoch 1/3") == 1
 
@@ -51,35 +55,6 @@ def test_rank_shards_are_disjoint_and_steps_equal():
     assert by_record and len(d) == 8  # divisible count, unequal sizes: sharded by record too
 
 
-def test_identical_weights_on_both_ranks(prepared, tmp_path):
-    """After a few steps under horovodrun -np 2, every rank holds the same variables."""
-    base, overrides = prepared
-    script = tmp_path / "check.py"
-    script.write_text(f"""
-import os, sys, json
-sys.path.insert(0, {str(ROOT)!r})
-os.environ['TF_USE_LEGACY_KERAS'] = '1'
-import numpy as np, tensorflow as tf, horovod.tensorflow as hvd
-from recsys.config import load_config
-from recsys.training import train
-cfg = load_config({str(ROOT / 'conf/default.yaml')!r}, {overrides + [f'paths.model={tmp_path}/m', 'train.epochs=1', 'model.hidden_units=[16]', 'model.embedding_dim=4', 'model.output_dim=4', 'train.batch_size=128']!r})
-import recsys.model as M
-orig_init = M.RatingModel.__init__
-models = []
-def init(self, *a, **k):
-    orig_init(self, *a, **k); models.append(self)
-M.RatingModel.__init__ = init
-train(cfg, max_steps=5)
-digest = float(sum(float(tf.reduce_sum(tf.abs(v))) for v in models[0].trainable_variables))
-print('DIGEST', hvd.rank(), round(digest, 3), flush=True)
-""")
-    proc = subprocess.run([os.path.join(BIN, "horovodrun"), "-np", "2", sys.executable, str(script)], env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    digests = sorted(line.split()[-2:] for line in proc.stdout.splitlines() if "DIGEST" in line)
-    assert len(digests) == 2 and digests[0][1] == digests[1][1], digests
-
-
 def test_resume_continues_from_checkpoint(prepared, tmp_path):
     base, overrides = prepared
     model_dir = tmp_path / "m1"
@@ -94,7 +69,7 @@ def test_resume_continues_from_checkpoint(prepared, tmp_path):
 
 
 def test_user_history_table_is_latest_first_and_padded():
-    from recsys.model import HISTORY_PAD, user_history_table
+    from recsys.models.rating_network import HISTORY_PAD, user_history_table
 
     table = user_history_table(np.array([2, 1, 2, 2]), np.array([5, 6, 7, 8]), np.array([10, 1, 30, 20]), 4, 2)
     assert table.tolist() == [[HISTORY_PAD] * 2, [6, HISTORY_PAD], [7, 8], [HISTORY_PAD] * 2]
@@ -104,35 +79,83 @@ def test_user_history_table_is_latest_first_and_padded():
 def test_score_is_mu_plus_biases_plus_dot(prepared, history, tmp_path):
     import tensorflow as tf
 
-    from recsys.model import RatingModel
+    from recsys.models import build_model
+    from recsys.models.contract import read_weights, write_weights
+    from recsys.models.data import training_user_history
     from recsys.prepare.job import load_manifest
     from recsys.prepare.tfrecords import read_shards
-    from recsys.training import training_user_history
 
     base, overrides = prepared
     m = load_manifest(base / "prepared")
     cfg = load_config(ROOT / "conf/default.yaml", overrides + [f"model.user_history_length={history}"])
-    model = RatingModel(m["features"], m["stats"]["train_rating_mean"], cfg.model)
+    model = build_model(m["features"], m["stats"], cfg.model)
     if history:  # SVD++-style implicit feedback: the user's training movies pooled into u
+        model.prepare(base / "prepared")
         table = training_user_history(base / "prepared", m["features"]["features"], history)
-        model.user_tower.set_history(table)
         assert (table[1:] != 0).any() and table.shape[1] == history
+        assert (model.user_tower.history.numpy() == table).all()
     data = read_shards([str(base / "prepared" / s["path"]) for s in m["splits"]["test"]["shards"]],
                        m["features"]["features"])
     x = {k: tf.constant(v[:64]) for k, v in data.items() if k != "rating"}
-    u, b_u, mv, b_m = (t.numpy() for t in model.towers(x))
+    u, b_u, _ = (t.numpy() for t in model.user_tower.heads(x))
+    mv, b_m, _ = (t.numpy() for t in model.movie_tower.heads(x))
     assert u.shape == (64, cfg.model.output_dim) and mv.shape == (64, cfg.model.output_dim) and b_u.shape == (64,)
-    pred = model(x).numpy()
-    np.testing.assert_allclose(pred, m["stats"]["train_rating_mean"] + b_u + b_m + (u * mv).sum(1), rtol=1e-5, atol=1e-5)
-    # exported form: <[u, 1], [m, b_m]> = prediction - mu - b_u
-    q = np.concatenate([u, np.ones((64, 1))], 1); item = np.concatenate([mv, b_m[:, None]], 1)
-    np.testing.assert_allclose((q * item).sum(1), pred - m["stats"]["train_rating_mean"] - b_u, rtol=1e-4, atol=1e-4)
+    mu = m["stats"]["train_rating_mean"]
+    pred = model.score(x).numpy()
+    np.testing.assert_allclose(pred, mu + b_u + b_m + (u * mv).sum(1), rtol=1e-5, atol=1e-5)
+    # the contract's score vectors: <[u, b_u, 1], [m, 1, b_m]> = prediction - mu
+    su, sm = model.user_vectors(x)["score"].numpy(), model.movie_vectors(x)["score"].numpy()
+    np.testing.assert_allclose((su * sm).sum(1), pred - mu, rtol=1e-4, atol=1e-4)
     # the weights file alone (the history table included) rebuilds the same predictions
-    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "w"))
-    again = RatingModel(m["features"], m["stats"]["train_rating_mean"], cfg.model)
-    again(x)
-    tf.train.Checkpoint(model=again).read(path).assert_consumed()
-    np.testing.assert_allclose(again(x).numpy(), pred, rtol=1e-6, atol=1e-6)
+    path = write_weights(model, tmp_path / "w")
+    again = build_model(m["features"], m["stats"], cfg.model)
+    read_weights(again, path)
+    np.testing.assert_allclose(again.score(x).numpy(), pred, rtol=1e-6, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_one_line(prepared, tmp_path):
+    """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs."""
+    base, overrides = prepared
+    proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / "m", "--set", "train.learning_rate=1.0e+30",
+                                     "--set", "train.warmup_epochs=0"),
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "non-finite loss" in errors[0] and "at epoch 1, step" in errors[0] and "train.learning_rate" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_only_rank0_has_the_checkpoint_both_ranks_resume_at_its_step(prepared, tmp_path):
+    """Node-local model directories: rank 1's is empty, rank 0's holds epoch 1. Rank 0 decides and
+    broadcasts, so both ranks run epoch 2 only and finish (a disagreement would hang or run 2 epochs)."""
+    base, overrides = prepared
+    first = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / "rank0", "--set", "train.epochs=1"), env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    script = tmp_path / "resume.py"
+    small = ["train.batch_size=256", "model.hidden_units=[32]", "model.embedding_dim=8", "model.output_dim=8",
+             "train.threads_per_rank=1", "train.epochs=2"]
+    script.write_text(f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import horovod.tensorflow as hvd
+from recsys.config import load_config
+from recsys.training import train
+rank = os.environ['HOROVOD_RANK']
+cfg = load_config({str(ROOT / 'conf/default.yaml')!r}, {overrides + small!r} + [f'paths.model={tmp_path}/rank' + rank])
+train(cfg, resume=True)
+import recsys.training as T
+print('STEP', rank, int(T.LAST_RUN.step_var.numpy()), int(T.LAST_RUN.epoch_var.numpy()), flush=True)
+""")
+    proc = subprocess.run([os.path.join(BIN, "horovodrun"), "-np", "2", sys.executable, str(script)], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    steps = sorted(line.split()[-3:] for line in proc.stdout.splitlines() if "STEP" in line)
+    assert len(steps) == 2 and steps[0][1:] == steps[1][1:] and steps[0][2] == "2", steps
+    log = proc.stdout + proc.stderr
+    assert "resumed from" in log and "epoch 2/2" in log and "epoch 1/2" not in log
+    summary = json.loads((tmp_path / "rank0" / "model.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
 
 
 def test_horovodrun_two_ranks_with_gloo():
@@ -144,3 +167,29 @@ def test_horovodrun_two_ranks_with_gloo():
     assert proc.stdout.count("SIZE 2") == 2
     check = subprocess.run([os.path.join(BIN, "horovodrun"), "--check-build"], capture_output=True, text=True)
     assert "[X] TensorFlow" in check.stdout and "[X] Gloo" in check.stdout
+
+
+def test_resume_checks_the_config_and_falls_back_from_a_damaged_checkpoint(prepared, tmp_path):
+    """--resume: a changed model shape stops with one line naming the keys; a changed training
+    setting goes on (logged); a damaged latest checkpoint falls back to the previous one."""
+    base, overrides = prepared
+    model_dir = tmp_path / "m"
+    first = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=2",
+                                      "--set", "train.early_stopping_patience=10"),
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
+                                        "--set", "model.output_dim=16"), env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert changed.returncode == 2 and len(errors) == 1 and "model.output_dim 8 -> 16" in errors[0], changed.stderr[-2000:]
+    assert "Traceback" not in changed.stderr
+    latest = sorted((model_dir / "checkpoints").glob("ckpt-2.data-*"))[0]
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a truncated last checkpoint
+    again = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
+                                      "--set", "train.learning_rate=0.001", "--set", "train.early_stopping_patience=10"),
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ckpt-2 cannot be read" in again.stderr and "resumed from" in again.stderr and "ckpt-1 at epoch 1" in again.stderr
+    assert "train.learning_rate changed 0.002 -> 0.001" in again.stderr
+    assert [h["epoch"] for h in json.loads((model_dir / "model.json").read_text())["history"]] == [1, 2, 3]

@@ -1,20 +1,25 @@
-"""The rating network: a user tower, a movie tower with a title text-CNN, and a dot product.
+"""The rating network (``model.kind: rating``): a user tower, a movie tower with a title text-CNN.
 
-    rating(user, movie) = mu + b_u + b_m + <u, m>
+    rating(user, movie) = mu + b_u + b_m + <u, m> = mu + <[u, b_u, 1], [m, 1, b_m]>
 
 ``u, b_u = UserTower(user features)`` and ``m, b_m = MovieTower(movie features)``; ``mu``
 is the training-split mean rating from the manifest (a constant, never learnt from test
-data). Because the score is an inner product plus per-side terms, the exported vectors
-``[m, b_m]`` (indexed) and ``[u, 1]`` (query) give ``<[u, 1], [m, b_m]> = rating - mu - b_u``,
-so an inner-product search ranks movies exactly as the model does. Every width comes from
-``ModelConfig``; every vocabulary size from the manifest's feature spec.
+data). The formula lives in :meth:`RatingNetwork.user_vectors` / :meth:`movie_vectors` (the
+score vectors ``[u, b_u, 1]`` and ``[m, 1, b_m]``) and nowhere else: the contract's
+``score`` is ``mu + <user score, movie score>``, so an inner-product index over the movies'
+score vectors returns exactly the movies with the highest predicted rating.
 
-Built on tf-keras (Keras 2): Horovod 0.28's tape wrapper needs its variables.
+With the joint retrieval objective (``model.retrieval_weight > 0``) top-k lists rank by
+``<[u, u_r, 1], [m, m_r, T * c_m]> = T * ((<u, m> + <u_r, m_r>) / T + c_m)``: the in-batch
+softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only dimensions, ``c_m``: a
+learnt per-movie prior). Every width comes from ``ModelConfig``; every vocabulary size from the
+manifest's feature spec.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -22,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.config import ModelConfig  # noqa: E402
+from recsys.models.contract import RMSE, RecModel, f32  # noqa: E402
 
 
 HISTORY_PAD = 0  # padding in the user-history table: the movie vocabulary's OOV id, never a training movie
@@ -177,72 +183,118 @@ class MovieTower(_Tower):
         return [self.title(inputs["title_words"], training=training)]
 
 
-class RatingModel(keras.Model):
-    """``mu + b_u + b_m + <u, m>`` over the two towers.
+class RatingNetwork(RecModel):
+    """``mu + b_u + b_m + <u, m>`` over the two towers (see the module docstring).
 
     Args:
-        spec: the manifest's ``features`` block (names, shapes, vocab sizes, towers).
-        mu: the training-split mean rating.
+        spec: the manifest's ``features`` block; stats: its ``stats`` block (``train_rating_mean``).
     """
 
-    def __init__(self, spec: dict, mu: float, cfg: ModelConfig):
-        super().__init__(name="rating_model")
+    kind = "rating"
+    label = "rating network"
+    rates = True
+    default_validation_metric = RMSE
+
+    def __init__(self, spec: dict, stats: dict, cfg: ModelConfig):
+        super().__init__(spec, stats, cfg)
         feats = spec["features"]
-        self.cfg = cfg
-        self.mu = float(mu)
-        movie_id = next(f for f in feats if f["name"] == "movie_id")
+        self.mu = float(stats["train_rating_mean"])
+        movie_id = self.feature_defs["movie_id"]
         self.user_tower = UserTower([f for f in feats if f["tower"] == "user"], cfg, "user_tower",
                                     movie_vocab=movie_id["vocab_size"])
         self.movie_tower = MovieTower([f for f in feats if f["tower"] == "movie"], cfg, "movie_tower")
-        # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss: the
-        # top-k score is (<u, m> + <u_r, m_r>) / temperature + c_m (see retrieval_score).
+        # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss
         self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
                                                   name="movie_prior")
+        self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
 
-    def towers(self, inputs, training=False):
-        u, b_u = self.user_tower(inputs, training=training)
-        m, b_m = self.movie_tower(inputs, training=training)
-        return u, b_u, m, b_m
+    @property
+    def user_features(self) -> list[str]:
+        return [f["name"] for f in self.spec["features"] if f["tower"] == "user"]
 
-    def all_heads(self, inputs, training=False):
-        """(u, b_u, m, b_m, u_r, m_r): the rating terms plus the retrieval-only vectors [B, R]."""
-        u, b_u, u_r = self.user_tower.heads(inputs, training=training)
-        m, b_m, m_r = self.movie_tower.heads(inputs, training=training)
-        return u, b_u, m, b_m, u_r, m_r
+    @property
+    def movie_features(self) -> list[str]:
+        return [f["name"] for f in self.spec["features"] if f["tower"] == "movie"]
 
-    def call(self, inputs, training=False):
-        u, b_u, m, b_m = self.towers(inputs, training)
-        return self.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
+    @property
+    def score_offset(self) -> float:
+        return self.mu
 
-    def prior(self, movie_ids: tf.Tensor) -> tf.Tensor:
-        """c_m [B] for encoded movie ids [B]."""
-        return tf.squeeze(self.movie_prior(movie_ids), axis=-1)
+    @property
+    def retrieval(self) -> bool:
+        return self.cfg.retrieval_weight > 0
 
-    def retrieval_score(self, inputs, training=False):
-        """(<u, m> + <u_r, m_r>) / temperature + c_m: the top-k ranking score (log p(movie | user) up to
-        a constant); u_r, m_r are the retrieval-only dimensions (none unless model.retrieval_dim > 0)."""
-        u, _, m, _, u_r, m_r = self.all_heads(inputs, training)
-        dot = tf.reduce_sum(u * m, axis=-1) + tf.reduce_sum(u_r * m_r, axis=-1)
-        return dot / self.cfg.retrieval_temperature + self.prior(inputs["movie_id"])
+    def divergence_knobs(self) -> list[str]:
+        knobs = [f"model.l2 ({self.cfg.l2:g})"]
+        return knobs + ([f"model.retrieval_temperature ({self.cfg.retrieval_temperature:g})"] if self.retrieval else [])
+
+    def prepare(self, prepared: Path) -> None:
+        from recsys.models.data import movie_log_sampling_probability, training_user_history
+
+        feats = self.spec["features"]
+        if self.cfg.user_history_length > 0:
+            self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
+        if self.retrieval:
+            self.log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
+
+    def user_vectors(self, x, training=False):
+        """score ``[u, b_u, 1]`` [B, D+2]; rank ``[u, u_r, 1]`` [B, D+R+1] (the score vector without retrieval)."""
+        u, b_u, u_r = (f32(t) for t in self.user_tower.heads(x, training=training))
+        one = tf.ones_like(b_u)[:, None]
+        score = tf.concat([u, b_u[:, None], one], axis=-1)
+        rank = tf.concat([u, u_r, one], axis=-1) if self.retrieval else score
+        return {"score": score, "rank": rank}
+
+    def movie_vectors(self, x, training=False):
+        """score ``[m, 1, b_m]``; rank ``[m, m_r, T * c_m]``; similarity ``m``."""
+        m, b_m, m_r = (f32(t) for t in self.movie_tower.heads(x, training=training))
+        score = tf.concat([m, tf.ones_like(b_m)[:, None], b_m[:, None]], axis=-1)
+        if self.retrieval:
+            prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
+            rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
+        else:
+            rank = score
+        return {"score": score, "rank": rank, "similarity": m}
+
+    def build_variables(self) -> None:
+        x = self.dummy_inputs()
+        self.user_vectors(x)
+        self.movie_vectors(x)
+        self.movie_prior(x["movie_id"])  # the prior exists (and is checkpointed) whatever the weight
+
+    def named_losses(self, x, y):
+        """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);
+        regularization: the layers' L2 terms."""
+        uv, mv = self.user_vectors(x, training=True), self.movie_vectors(x, training=True)
+        pred = self.mu + tf.reduce_sum(uv["score"] * mv["score"], axis=-1)
+        out = {"rating": tf.reduce_mean(tf.square(pred - f32(y)))}
+        if self.retrieval:
+            ids = x["movie_id"]
+            out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
+                uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature)
+        if self.losses:
+            out["regularization"] = f32(tf.add_n(self.losses))
+        return out
 
 
-def retrieval_loss(u: tf.Tensor, m: tf.Tensor, prior: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
+def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
                    temperature: float) -> tf.Tensor:
-    """In-batch softmax with sampling-bias (logQ) correction.
+    """In-batch softmax with sampling-bias (logQ) correction, over the rank vectors.
 
     Each user's rated movie is the positive; the batch's other movies are the negatives. They
     were sampled in proportion to their popularity q_m, so log q_m is subtracted from their
     logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u), popularity
-    included, which is what "which movie will this user watch next" asks for.
+    included. The logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` is ``(<u, m> + <u_r, m_r>) / T + c_m``.
+    Memory: one [B, B] block per batch (the batch is the fixed-size group).
 
     Args:
-        u, m: user and movie vectors [B, D] of the batch's (user, movie) pairs.
-        prior: c_m [B]; movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
+        user_rank, movie_rank: rank vectors [B, R] of the batch's (user, movie) pairs.
+        movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
     """
-    logits = tf.matmul(u, m, transpose_b=True) / temperature + (prior - log_q)[None, :]  # [B, B]
+    logits = tf.matmul(user_rank, movie_rank, transpose_b=True) / temperature - log_q[None, :]  # [B, B]
     # the same movie elsewhere in the batch is not a negative for this user
     same = tf.equal(movie_ids[:, None], movie_ids[None, :])
-    others = tf.logical_not(tf.eye(tf.shape(u)[0], dtype=tf.bool))
+    others = tf.logical_not(tf.eye(tf.shape(user_rank)[0], dtype=tf.bool))
     logits = tf.where(same & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
-    labels = tf.range(tf.shape(u)[0])
+    labels = tf.range(tf.shape(user_rank)[0])
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))

@@ -1,0 +1,329 @@
+"""Contract tests every recommender inherits (LensKit-style mixins).
+
+* :class:`RecommenderContract`: the evaluation interface (``fit``, ``predict``, ``scores``,
+  ``top_k``) that every baseline and every served model implements: shapes, exclusions, order.
+* :class:`ModelContract`: every trained model (``model.kind``) on top: trained by train.py,
+  exported, indexed and served; unknown ids and k bounds; served top-k equal to a numpy brute
+  force computed from the raw checkpoint weights (``tf.train.load_checkpoint``, never through
+  the code under test); the artifact round trip (moved directories included) to identical
+  scores; strict loading; identical weights on 2 Horovod ranks.
+
+A new model adds one subclass with its ``kind`` and its numpy forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.evaluation import Bias, Data, NeighbourCF, Popularity
+from tests.conftest import BIN, ENV, ROOT, train_cmd
+
+
+def _tiny_data() -> Data:
+    rng = np.random.default_rng(0)
+    n_u, n_m = 30, 20
+    pairs = {(int(u), int(m)) for u, m in zip(rng.integers(0, n_u, 300), rng.integers(0, n_m, 300))}
+    u, m = map(np.array, zip(*sorted(pairs)))
+    r = np.clip(np.round(3 + (u % 3) - (m % 2) + rng.normal(0, 0.3, len(u))), 1, 5)
+    frame = pd.DataFrame({"u": u, "m": m, "rating": r})
+    return Data(pd.DataFrame({"user_id": range(n_u)}),
+                pd.DataFrame({"movie_id": range(n_m), "genres": ["A"] * n_m, "year": [2000] * n_m}),
+                frame.iloc[50:], frame.iloc[:50], {}, 1.0, 5.0)
+
+
+class RecommenderContract:
+    """Inherit and define ``make()`` (an unfitted recommender); override ``data`` for other data."""
+
+    def make(self):
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def data(self):
+        return _tiny_data()
+
+    @pytest.fixture(scope="class")
+    def fitted(self, data):
+        return self.make().fit(data)
+
+    def test_scores_cover_the_catalog(self, fitted, data):
+        if fitted.ranks:
+            users = np.arange(min(5, data.n_users))
+            assert fitted.scores(users).shape == (len(users), data.n_movies)
+
+    def test_top_k_is_sorted_by_score_and_skips_seen(self, fitted, data):
+        if not fitted.ranks:
+            return
+        seen = data.train.groupby("u").m.apply(np.array).to_dict()
+        users = np.array(sorted(data.test.u.unique()))[:8]
+        k = 3
+        tops = fitted.top_k(users, k, seen)
+        scores = fitted.scores(users)
+        assert tops.shape == (len(users), k)
+        for row, u in enumerate(users):
+            assert not set(tops[row]) & set(seen.get(u, []))
+            allowed = np.setdiff1d(np.arange(data.n_movies), seen.get(u, []))
+            best = np.sort(scores[row, allowed])[::-1][:k]
+            np.testing.assert_allclose(scores[row, tops[row]], best, rtol=1e-5, atol=1e-5)
+
+    def test_predict_one_rating_per_pair(self, fitted, data):
+        if fitted.rates:
+            p = fitted.predict(data.test.u.to_numpy(), data.test.m.to_numpy())
+            assert p.shape == (len(data.test),) and np.isfinite(p).all()
+
+
+class TestBiasContract(RecommenderContract):
+    def make(self):
+        return Bias(reg=1.0, iters=10)
+
+
+class TestPopularityContract(RecommenderContract):
+    def make(self):
+        return Popularity()
+
+
+class TestItemCFContract(RecommenderContract):
+    def make(self):
+        return NeighbourCF(user_based=False, k=5)
+
+
+# ---------------------------------------------------------------------------- trained models
+
+
+SMALL = ["train.batch_size=256", "model.hidden_units=[16]", "model.embedding_dim=8", "model.output_dim=8",
+         "model.retrieval_dim=4", "model.bpr.factors=8", "train.threads_per_rank=1"]
+
+
+def _enc(frame: pd.DataFrame, name: str) -> np.ndarray:
+    col = frame["enc_" + name].to_numpy()
+    return np.stack(col).astype(np.int64) if col.dtype == object else col.astype(np.int64)
+
+
+@pytest.mark.slow
+class ModelContract(RecommenderContract):
+    """Inherit with ``kind`` and ``numpy_vectors``; the fixtures train, export and index the model."""
+
+    kind = "?"
+
+    def numpy_vectors(self, weights, users: pd.DataFrame, movies: pd.DataFrame, info: dict):
+        """From the raw checkpoint values ``weights`` (name -> array): (user rank [U, R], movie rank
+        [M, R], scores [U, M]) for the prepared users and movies tables, in numpy alone."""
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def served(self, request, train_data, tmp_path_factory):
+        from recsys.config import load_config
+        from recsys.export import export_vectors
+        from recsys.serving import build_serving_dir
+
+        base, overrides = train_data
+        tmp = tmp_path_factory.mktemp(f"contract-{self.kind}")
+        sets = overrides + SMALL + [f"model.kind={self.kind}", f"paths.model={tmp}/model",
+                                    f"paths.vectors={tmp}/vectors", f"paths.index={tmp}/index"]
+        proc = subprocess.run(train_cmd(sets, 1, tmp / "model", "--set", "train.epochs=2",
+                                        *[a for o in SMALL + [f"model.kind={self.kind}"] for a in ("--set", o)]),
+                              env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        request.cls.overrides = sets + SMALL + [f"model.kind={self.kind}"]
+        cfg = load_config(ROOT / "conf/default.yaml", sets)
+        export_vectors(cfg.paths.model, cfg.paths.prepared, cfg.paths.vectors)
+        build_serving_dir(cfg)
+        return cfg
+
+    @pytest.fixture(scope="class")
+    def rec(self, served):
+        from recsys.serving import Recommender
+
+        return Recommender.load(served.paths.index)
+
+    @pytest.fixture(scope="class")
+    def data(self, served):
+        from recsys.evaluation import load_data
+
+        return load_data(served.paths.prepared)
+
+    @pytest.fixture(scope="class")
+    def fitted(self, served, data):
+        from recsys.evaluation import ServedModel
+
+        return ServedModel(served.paths.index).fit(data)
+
+    def test_unknown_ids_and_k_bounds(self, rec):
+        from recsys.serving import UnknownIdError
+
+        with pytest.raises(UnknownIdError, match="unknown user id 99999"):
+            rec.recommend(99999)
+        with pytest.raises(UnknownIdError, match="unknown movie id -3"):
+            rec.similar_movies(-3)
+        with pytest.raises(UnknownIdError, match="unknown movie id 99999"):
+            rec.predict(int(rec.users.user_id.iloc[0]), 99999)
+        n = len(rec.movies)
+        for bad in (0, n + 1, 2.5, True):
+            with pytest.raises(ValueError, match=f"k must be an integer from 1 to {n}"):
+                rec.recommend(int(rec.users.user_id.iloc[0]), k=bad)
+        everything = rec.recommend(int(rec.users.user_id.iloc[0]), k=n, exclude_seen=False)
+        assert len(everything) == n and len({r["movie_id"] for r in everything}) == n
+
+    def test_served_top_k_equals_numpy_brute_force_from_raw_weights(self, served, rec):
+        import tensorflow as tf
+
+        prepared = served.paths.prepared
+        users = pd.read_parquet(f"{prepared}/users.parquet")
+        movies = pd.read_parquet(f"{prepared}/movies.parquet")
+        info = json.loads(open(f"{served.paths.model}/model.json").read())
+        reader = tf.train.load_checkpoint(f"{served.paths.model}/{info['weights']}")
+        weights = {k.removeprefix("model/").removesuffix("/.ATTRIBUTES/VARIABLE_VALUE"): reader.get_tensor(k)
+                   for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
+        user_rank, movie_rank, scores = self.numpy_vectors(weights, users, movies, info)
+        ranking = user_rank @ movie_rank.T
+        seen = pd.concat([pd.read_parquet(f"{prepared}/ratings_{s}") for s in ("train", "valid")])
+        seen_by_user = seen.groupby("user_id").movie_id.apply(set).to_dict()
+        movie_ids = movies.movie_id.to_numpy()
+        for row, user_id in enumerate(users.user_id):
+            unseen = ~np.isin(movie_ids, list(seen_by_user.get(user_id, ())))
+            top = np.argsort(-np.where(unseen, ranking[row], -np.inf), kind="stable")[:10]
+            got = rec.recommend(int(user_id), k=10)
+            got_rows = [int(np.flatnonzero(movie_ids == r["movie_id"])[0]) for r in got]
+            assert len(got) == min(10, unseen.sum()) and unseen[got_rows].all()
+            # the same movies up to exact ties: the ranking scores of both lists agree
+            np.testing.assert_allclose(ranking[row, got_rows], ranking[row, top[:len(got)]], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose([r["score"] for r in got], scores[row, got_rows], rtol=1e-4, atol=1e-4)
+
+    def test_artifact_round_trip_and_moved_directories_give_identical_scores(self, served, rec, tmp_path):
+        from recsys.features import encoded_columns
+        from recsys.models import load_model
+        from recsys.serving import Recommender
+
+        movies = pd.read_parquet(f"{served.paths.prepared}/movies.parquet")
+        users = pd.read_parquet(f"{served.paths.prepared}/users.parquet")
+        original = load_model(served.paths.model)
+        shutil.copytree(served.paths.model, tmp_path / "moved-model")
+        shutil.rmtree(tmp_path / "moved-model" / "checkpoints")  # the artifact alone, no training state
+        again = load_model(tmp_path / "moved-model")
+        for a, b in ((original.movie_vectors(encoded_columns(movies, original.tower_names("movie"))),
+                      again.movie_vectors(encoded_columns(movies, again.tower_names("movie")))),
+                     (original.user_vectors(encoded_columns(users, original.tower_names("user"))),
+                      again.user_vectors(encoded_columns(users, again.tower_names("user"))))):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+        # the exported vectors are the artifact's
+        np.testing.assert_allclose(rec._ms, original.movie_vectors(encoded_columns(movies, original.tower_names("movie")))["score"],
+                                   rtol=1e-6, atol=1e-6)
+        # a moved index directory still serves known and cold-start users, identically
+        shutil.copytree(served.paths.index, tmp_path / "moved-index")
+        moved = Recommender.load(tmp_path / "moved-index")
+        user = int(rec.users.user_id.iloc[1])
+        assert moved.recommend(user, k=5) == rec.recommend(user, k=5)
+        assert moved.recommend_for_profile(gender="F", age=30, k=5) == rec.recommend_for_profile(gender="F", age=30, k=5)
+        assert moved._model_dir == tmp_path / "moved-index" / "model"
+
+    def test_loading_with_missing_or_unexpected_variables_fails_naming_them(self, served):
+        import tensorflow as tf
+
+        from recsys.errors import ArtifactError
+        from recsys.models import load_model
+        from recsys.models.contract import read_weights
+
+        model = load_model(served.paths.model).model
+        path = f"{served.paths.model}/best/weights"
+        extra = tf.train.Checkpoint(model=model, stray=tf.Variable(1.0)).write(f"{served.paths.model}/../extra/w")
+        with pytest.raises(ArtifactError, match=r"unexpected \['stray/"):
+            read_weights(model, extra)
+        partial = tf.Module()
+        for layer in model.layers[1:]:  # every top-level layer but the first
+            setattr(partial, layer.name, layer)
+        short = tf.train.Checkpoint(model=partial).write(f"{served.paths.model}/../short/w")
+        first = model.layers[0].name
+        with pytest.raises(ArtifactError, match=rf"missing \['model/{first}/"):
+            read_weights(model, short)
+        read_weights(model, path)  # the real weights still load
+
+    def test_identical_weights_on_two_ranks_after_several_steps(self, served, tmp_path):
+        script = tmp_path / "check.py"
+        sets = self.overrides
+        script.write_text(f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import tensorflow as tf, horovod.tensorflow as hvd
+from recsys.config import load_config
+import recsys.training as T
+cfg = load_config({str(ROOT / 'conf/default.yaml')!r}, {sets!r} + ['paths.model={tmp_path}/m', 'train.epochs=1'])
+T.train(cfg, max_steps=5)
+digest = sum(float(tf.reduce_sum(tf.abs(v))) for v in T.LAST_RUN.model.trainable_variables)
+print('DIGEST', hvd.rank(), int(T.LAST_RUN.step_var.numpy()), repr(digest), flush=True)
+""")
+        proc = subprocess.run([os.path.join(BIN, "horovodrun"), "-np", "2", sys.executable, str(script)], env=ENV,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        digests = sorted(line.split()[-3:] for line in proc.stdout.splitlines() if "DIGEST" in line)
+        assert len(digests) == 2 and digests[0][1:] == digests[1][1:] and digests[0][1] == "5", digests
+
+
+def _dense(w: dict, prefix: str, x: np.ndarray) -> np.ndarray:
+    return x @ w[f"{prefix}/kernel"] + w[f"{prefix}/bias"]
+
+
+def _rating_tower(w: dict, tower: str, frame: pd.DataFrame, spec: dict, title_pad: int) -> tuple:
+    """(vector, bias, retrieval vector) of one tower of the rating network, in numpy."""
+    parts = []
+    for f in (f for f in spec["features"] if f["tower"] == tower and f["name"] != "title_words"):
+        table, ids = w[f"{tower}_tower/embeddings/{f['name']}/embeddings"], _enc(frame, f["name"])
+        if f["shape"]:  # padded list: mean over non-padding entries
+            mask = (ids != f["pad_id"])[..., None]
+            parts.append((table[ids] * mask).sum(1) / np.maximum(mask.sum(1), 1))
+        else:
+            parts.append(table[ids])
+    if tower == "movie":
+        ids = _enc(frame, "title_words")
+        x = w["movie_tower/title/words/embeddings"][ids] * (ids != title_pad)[..., None]  # [N, L, E]
+        i = 0
+        while f"movie_tower/title/convs/{i}/kernel" in w:
+            kern, b = w[f"movie_tower/title/convs/{i}/kernel"], w[f"movie_tower/title/convs/{i}/bias"]
+            h = kern.shape[0]
+            conv = np.stack([np.einsum("nhe,hef->nf", x[:, t:t + h], kern) for t in range(x.shape[1] - h + 1)], 1) + b
+            parts.append(np.maximum(conv, 0).max(1))
+            i += 1
+    x = np.concatenate(parts, -1)
+    i = 0
+    while f"{tower}_tower/hidden/{i}/kernel" in w:
+        x = np.maximum(_dense(w, f"{tower}_tower/hidden/{i}", x), 0)
+        i += 1
+    id_name = "user_id" if tower == "user" else "movie_id"
+    bias = _dense(w, f"{tower}_tower/bias", x)[:, 0] + w[f"{tower}_tower/id_bias/embeddings"][_enc(frame, id_name), 0]
+    return _dense(w, f"{tower}_tower/vector", x), bias, _dense(w, f"{tower}_tower/retrieval_vector", x)
+
+
+class TestRatingNetworkContract(ModelContract):
+    kind = "rating"
+
+    def numpy_vectors(self, w, users, movies, info):
+        spec = info["feature_spec"]
+        title_pad = next(f["pad_id"] for f in spec["features"] if f["name"] == "title_words")
+        u, b_u, u_r = _rating_tower(w, "user", users, spec, title_pad)
+        m, b_m, m_r = _rating_tower(w, "movie", movies, spec, title_pad)
+        mu, temp = info["stats"]["train_rating_mean"], info["model_config"]["retrieval_temperature"]
+        prior = w["movie_prior/embeddings"][_enc(movies, "movie_id"), 0]
+        scores = mu + b_u[:, None] + b_m[None, :] + u @ m.T
+        user_rank = np.hstack([u, u_r, np.ones((len(u), 1))])
+        movie_rank = np.hstack([m, m_r, temp * prior[:, None]])
+        return user_rank, movie_rank, scores
+
+
+class TestBPRContract(ModelContract):
+    kind = "bpr"
+
+    def numpy_vectors(self, w, users, movies, info):
+        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
+        u = w["user_factors/embeddings"][uid] * (uid >= 2)[:, None]  # OOV / padding: the zero vector
+        m = w["movie_factors/embeddings"][mid] * (mid >= 2)[:, None]
+        b = w["movie_bias/embeddings"][mid, 0] * (mid >= 2)
+        user_rank, movie_rank = np.hstack([u, np.ones((len(u), 1))]), np.hstack([m, b[:, None]])
+        return user_rank, movie_rank, user_rank @ movie_rank.T
