@@ -56,7 +56,10 @@ class TrainedModel:
         # today's default: a model.json without retrieval_dim was trained without those heads
         saved = {"retrieval_dim": 0, "user_history_length": 0, **self.info["config"]["model"]}
         cfg = build_section(ModelConfig, saved, "model", str(info_path))
-        self.model = RatingModel(self.spec, self.mu, cfg)
+        from recsys.precision import float32_policy
+
+        with float32_policy():  # precision: vectors computed in float32 whatever the process's policy
+            self.model = RatingModel(self.spec, self.mu, cfg)
         dummy = {f["name"]: tf.zeros([1, *f["shape"]], tf.int64) for f in self.features if f["tower"] != "label"}
         self.model(dummy)
         weights = self.dir / self.info["weights"]

@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.config import ModelConfig  # noqa: E402
+from recsys.precision import float32  # noqa: E402
 
 
 HISTORY_PAD = 0  # padding in the user-history table: the movie vocabulary's OOV id, never a training movie
@@ -211,17 +212,17 @@ class RatingModel(keras.Model):
         return u, b_u, m, b_m, u_r, m_r
 
     def call(self, inputs, training=False):
-        u, b_u, m, b_m = self.towers(inputs, training)
+        u, b_u, m, b_m = float32(self.towers(inputs, training))  # precision: the score in float32
         return self.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
 
     def prior(self, movie_ids: tf.Tensor) -> tf.Tensor:
         """c_m [B] for encoded movie ids [B]."""
-        return tf.squeeze(self.movie_prior(movie_ids), axis=-1)
+        return float32(tf.squeeze(self.movie_prior(movie_ids), axis=-1))  # precision: float32 under any policy
 
     def retrieval_score(self, inputs, training=False):
         """(<u, m> + <u_r, m_r>) / temperature + c_m: the top-k ranking score (log p(movie | user) up to
         a constant); u_r, m_r are the retrieval-only dimensions (none unless model.retrieval_dim > 0)."""
-        u, _, m, _, u_r, m_r = self.all_heads(inputs, training)
+        u, _, m, _, u_r, m_r = float32(self.all_heads(inputs, training))  # precision: the score in float32
         dot = tf.reduce_sum(u * m, axis=-1) + tf.reduce_sum(u_r * m_r, axis=-1)
         return dot / self.cfg.retrieval_temperature + self.prior(inputs["movie_id"])
 
@@ -239,6 +240,7 @@ def retrieval_loss(u: tf.Tensor, m: tf.Tensor, prior: tf.Tensor, movie_ids: tf.T
         u, m: user and movie vectors [B, D] of the batch's (user, movie) pairs.
         prior: c_m [B]; movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
     """
+    u, m, prior, log_q = float32((u, m, prior, log_q))  # precision: logits and softmax in float32
     logits = tf.matmul(u, m, transpose_b=True) / temperature + (prior - log_q)[None, :]  # [B, B]
     # the same movie elsewhere in the batch is not a negative for this user
     same = tf.equal(movie_ids[:, None], movie_ids[None, :])

@@ -193,6 +193,7 @@ class Trainer:
         import horovod.tensorflow as hvd
 
         from recsys.model import RatingModel, retrieval_loss
+        from recsys.precision import LossScale, compile_forward, float32, float32_sum
         from recsys.prepare.job import load_manifest
 
         self.cfg, self.hvd, self.max_steps = cfg, hvd, max_steps
@@ -243,23 +244,35 @@ class Trainer:
         rw, temp = cfg.model.retrieval_weight, cfg.model.retrieval_temperature
         log_q = tf.constant(movie_log_sampling_probability(self.prepared, self.features), tf.float32) if rw > 0 else None
 
+        # precision: dynamic loss scaling under float16 (a plain step otherwise), see recsys/precision.py
+        self.loss_scale = loss_scale = LossScale.for_setting(cfg.train.mixed_precision)
+
+        def forward(x, y):
+            """(loss, mse): float32 scalars; XLA-compiled (with its gradient) when train.xla is on."""
+            # precision: the towers compute in the policy's dtype; scores and losses in float32
+            u, b_u, m, b_m, u_r, m_r = float32(model.all_heads(x, training=True))
+            pred = model.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
+            mse = tf.reduce_mean(tf.square(pred - y))
+            loss = mse + float32_sum(model.losses) if model.losses else mse
+            if rw > 0:
+                ids = x["movie_id"]
+                loss = loss + rw * retrieval_loss(tf.concat([u, u_r], -1), tf.concat([m, m_r], -1),
+                                                  model.prior(ids), ids, tf.gather(log_q, ids), temp)
+            return loss, mse
+
+        forward = compile_forward(forward, cfg.train.xla)  # precision: XLA outside Horovod's ops
+
         @tf.function
         def train_step(x, y, first_batch):
             with tf.GradientTape() as tape:
-                u, b_u, m, b_m, u_r, m_r = model.all_heads(x, training=True)
-                pred = model.mu + b_u + b_m + tf.reduce_sum(u * m, axis=-1)
-                mse = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - y))
-                loss = mse + tf.add_n(model.losses) if model.losses else mse
-                if rw > 0:
-                    ids = x["movie_id"]
-                    loss = loss + rw * retrieval_loss(tf.concat([u, u_r], -1), tf.concat([m, m_r], -1),
-                                                      model.prior(ids), ids, tf.gather(log_q, ids), temp)
+                loss, mse = forward(x, y)
             tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
-            grads = tape.gradient(loss, model.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            # precision: gradients of the (scaled) loss through the tape, unscaled, applied when finite
+            loss_scale.minimize(tape, loss, model.trainable_variables, self.optimizer)
             if first_batch:  # Horovod: start every rank from rank 0's variables
                 hvd.broadcast_variables(model.variables, root_rank=0)
                 hvd.broadcast_variables(self.optimizer.variables(), root_rank=0)
+                hvd.broadcast_variables(loss_scale.variables, root_rank=0)  # precision: one loss scale
                 if self.averages:
                     hvd.broadcast_variables(self.averages, root_rank=0)
             for average, var in zip(self.averages, model.trainable_variables):
@@ -284,12 +297,15 @@ class Trainer:
 
     def inputs(self, rank: int, size: int):
         """(endless training iterator over this rank's disjoint share, this rank's validation dataset)."""
+        from recsys.precision import prefetch_to_device
+
         cfg = self.cfg
         # Horovod: each rank reads its own disjoint part of the training shards
         files, by_record = shard_files_for_rank(self.manifest["splits"]["train"]["shards"], self.prepared, rank, size)
         train_ds = make_dataset(files, self.features, self.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
                                 seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
                                 repeat=True, threads=self.threads)
+        train_ds = prefetch_to_device(train_ds)  # precision: batches copied to this rank's GPU ahead (none on CPU)
         valid_ds = make_dataset(self.valid_files, self.features, max(1, 8192 // self.manifest["examples_per_record"]),
                                 record_shard=(rank, size), threads=self.threads)
         return iter(train_ds), valid_ds
@@ -360,6 +376,9 @@ class Trainer:
         record = {"epoch": epoch, "train_rmse": math.sqrt(train_mse), "valid_rmse": valid_rmse,
                   "examples_per_s": total_seen / seconds, "examples_per_s_per_rank": total_seen / seconds / size,
                   "seconds": seconds, "ranks": size}
+        if self.loss_scale.dynamic:  # precision: float16 steps skipped for overflow so far, and the scale
+            record.update(loss_scale=float(self.loss_scale.scale.numpy()),
+                          skipped_steps=int(self.loss_scale.skipped.numpy()))
         progress.history = progress.history + [record]
         improved = valid_rmse < progress.best - 1e-4
         if improved:
@@ -459,7 +478,7 @@ class Trainer:
 
         start = self.restore(resume)
         variables = list(self.model.variables) + list(self.optimizer.variables()) + self.averages + [
-            self.step_var, self.epoch_var]
+            self.step_var, self.epoch_var] + self.loss_scale.variables  # precision: one loss scale on every rank
         state = hvd.elastic.TensorFlowState(variables, **start.fields())
         # Horovod: rescale the learning rate to the new number of ranks after a reset
         state.register_reset_callbacks([lambda: self.ranks_var.assign(float(hvd.size()))])
@@ -517,14 +536,13 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
         tf.config.experimental.set_memory_growth(gpu, True)
     if gpus:  # Horovod: pin one GPU per local rank
         tf.config.experimental.set_visible_devices(gpus[hvd.local_rank()], "GPU")
-        if cfg.train.mixed_precision:
-            import tf_keras
-
-            tf_keras.mixed_precision.set_global_policy("mixed_float16")
     threads = cfg.train.threads_per_rank or max(1, (os.cpu_count() or 2) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
     tf.random.set_seed(cfg.train.seed + hvd.rank())
 
-    trainer = Trainer(cfg, threads, max_steps)
-    return trainer.fit_elastic(resume) if is_elastic() else trainer.fit(resume)
+    from recsys.precision import policy
+
+    with policy(cfg.train.mixed_precision):  # precision: the compute dtype, on CPU too (tests)
+        trainer = Trainer(cfg, threads, max_steps)
+        return trainer.fit_elastic(resume) if is_elastic() else trainer.fit(resume)
