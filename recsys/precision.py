@@ -186,13 +186,6 @@ def compile_forward(fn, xla: bool):
     return tf.function(fn, jit_compile=True)
 
 
-def function(fn, xla: bool):
-    """``tf.function(fn)``, XLA-compiled when ``xla`` (for steps without Horovod ops, e.g. evaluation)."""
-    import tensorflow as tf
-
-    return tf.function(fn, jit_compile=True) if xla else tf.function(fn)
-
-
 def gpu_device() -> str | None:
     """The GPU this process trains on ("/GPU:0": each rank sees only its own GPU), or None on CPU."""
     import tensorflow as tf
