@@ -186,6 +186,14 @@ def compile_forward(fn, xla: bool):
     return tf.function(fn, jit_compile=True)
 
 
+def static_batches(ds, examples: int):
+    """``ds`` (batches of ``(features, rating)``) re-cut into batches of exactly ``examples``
+    examples, the remainder dropped. XLA compiles once per input shape; blocks of examples are
+    not all full (a shard's last record holds fewer), so without this every new batch length
+    would compile the step again. Used for training under ``train.xla`` (the input is endless)."""
+    return ds.rebatch(examples, drop_remainder=True)
+
+
 def gpu_device() -> str | None:
     """The GPU this process trains on ("/GPU:0": each rank sees only its own GPU), or None on CPU."""
     import tensorflow as tf

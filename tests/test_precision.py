@@ -170,6 +170,27 @@ def test_prefetch_to_device_yields_the_same_batches():
     assert got == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
+def test_static_batches_recut_ragged_blocks_into_one_shape():
+    """Blocks of examples are not all full (a shard's last record is short): under XLA every
+    training batch is re-cut to exactly the batch size, in order, with a static shape."""
+    import tensorflow as tf
+
+    from recsys.precision import static_batches
+
+    lengths = [16, 16, 3, 16, 16, 16, 7, 16]  # examples per parsed batch, two short ones
+    starts = np.cumsum([0] + lengths)
+    blocks = tf.data.Dataset.from_generator(
+        lambda: ((np.arange(a, b), np.stack([np.arange(a, b)] * 2, 1)) for a, b in zip(starts, starts[1:])),
+        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 2], tf.int64)))
+    ds = static_batches(blocks.map(lambda ids, genres: ({"movie_id": ids, "genres": genres},
+                                                        tf.cast(ids, tf.float32))), 20)
+    assert ds.element_spec[1].shape == (20,) and ds.element_spec[0]["genres"].shape == (20, 2)
+    got = [(x["movie_id"].numpy(), y.numpy()) for x, y in ds]
+    assert len(got) == sum(lengths) // 20
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in got]), np.arange(len(got) * 20))
+    assert all(np.array_equal(ids, y) for ids, y in got)
+
+
 def test_xla_forward_matches_the_plain_one_and_gives_gradients():
     import tensorflow as tf
 
