@@ -188,9 +188,9 @@ def compile_forward(fn, xla: bool):
 
 def static_batches(ds, examples: int):
     """``ds`` (batches of ``(features, rating)``) re-cut into batches of exactly ``examples``
-    examples, the remainder dropped. XLA compiles once per input shape; blocks of examples are
-    not all full (a shard's last record holds fewer), so without this every new batch length
-    would compile the step again. Used for training under ``train.xla`` (the input is endless)."""
+    examples, the remainder dropped. Blocks of examples are not all full (a shard's last record
+    holds fewer), and every new batch length would trace the step again (and, under XLA,
+    compile it again). For the endless training input, where nothing is ever dropped."""
     return ds.rebatch(examples, drop_remainder=True)
 
 

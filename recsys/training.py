@@ -305,8 +305,8 @@ class Trainer:
         train_ds = make_dataset(files, self.features, self.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
                                 seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
                                 repeat=True, threads=self.threads)
-        if cfg.train.xla:  # precision: one batch shape, so XLA compiles the step once
-            train_ds = static_batches(train_ds, self.batch_examples)
+        # precision: one batch shape (a shard's last block is short), so the step is traced and XLA-compiled once
+        train_ds = static_batches(train_ds, self.batch_examples)
         train_ds = prefetch_to_device(train_ds)  # precision: batches copied to this rank's GPU ahead (none on CPU)
         valid_ds = make_dataset(self.valid_files, self.features, max(1, 8192 // self.manifest["examples_per_record"]),
                                 record_shard=(rank, size), threads=self.threads)
