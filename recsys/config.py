@@ -166,7 +166,11 @@ class TrainConfig:
     shuffle_buffer_records: int = 512  # records (blocks of examples) in the shuffle buffer
     early_stopping_patience: int = 5  # epochs without improvement of the model's validation metric
     seed: int = 1
-    mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
+    # precision (recsys/precision.py): compute in float16 or bfloat16, variables and losses in float32;
+    # the old boolean form is read as true = float16, false = off (YAML reads a bare `off` as false)
+    mixed_precision: str = field(default="off", metadata={**_choices("off", "float16", "bfloat16"),
+                                                          "aliases": {True: "float16", False: "off"}})
+    xla: bool = False  # precision: compile the forward pass and its gradient with XLA (jit_compile)
     threads_per_rank: int = 0  # 0: cores / ranks
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
@@ -342,7 +346,10 @@ def _build(cls: type, data: dict, prefix: str, where: str):
         if name not in data:
             continue
         full = f"{prefix}.{name}" if prefix else name
-        value = _coerce(data[name], hints[name], full, where)
+        raw = data[name]
+        if isinstance(raw, bool) and f.metadata.get("aliases"):  # precision: a knob's older boolean form
+            raw = f.metadata["aliases"].get(raw, raw)
+        value = _coerce(raw, hints[name], full, where)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(

@@ -190,6 +190,7 @@ class Run:
     warmup_steps: int
     max_steps: int | None
     started: float = field(default_factory=time.time)
+    loss_scale: object = None  # precision: recsys.precision.LossScale (dynamic under float16)
     train_step: object = None
     writer: object = None
     catalog: object = None
@@ -210,7 +211,7 @@ class Run:
     def state_variables(self) -> list:
         """Every variable a checkpoint, a broadcast or an elastic commit must carry."""
         return (list(self.model.variables) + list(self.optimizer.variables()) + self.averages
-                + [self.step_var, self.epoch_var])
+                + [self.step_var, self.epoch_var] + self.loss_scale.variables)  # precision: one loss scale
 
 
 def pin_device(cfg: Config, hvd) -> int:
@@ -222,10 +223,6 @@ def pin_device(cfg: Config, hvd) -> int:
         tf.config.experimental.set_memory_growth(gpu, True)
     if gpus:  # Horovod: pin one GPU per local rank
         tf.config.experimental.set_visible_devices(gpus[hvd.local_rank()], "GPU")
-        if cfg.train.mixed_precision:
-            import tf_keras
-
-            tf_keras.mixed_precision.set_global_policy("mixed_float16")
     threads = cfg.train.threads_per_rank or max(1, (os.cpu_count() or 2) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
@@ -241,6 +238,7 @@ def build_run(cfg: Config, hvd, threads: int, max_steps: int | None) -> Run:
 
     from recsys.models import build_model
     from recsys.models.contract import validation_metric
+    from recsys.precision import LossScale
     from recsys.prepare.job import load_manifest
 
     prepared = Path(cfg.paths.prepared)
@@ -274,25 +272,34 @@ def build_run(cfg: Config, hvd, threads: int, max_steps: int | None) -> Run:
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var, averages=averages)
     manager = tf.train.CheckpointManager(ckpt, str(Path(cfg.paths.model) / "checkpoints"), max_to_keep=3)
     return Run(cfg, hvd, prepared, manifest, model, optimizer, ranks_var, step_var, epoch_var, averages, manager,
-               metric, threads, batch_records, batch_records * epr, total, warmup_steps, max_steps)
+               metric, threads, batch_records, batch_records * epr, total, warmup_steps, max_steps,
+               loss_scale=LossScale.for_setting(cfg.train.mixed_precision))  # precision: a plain step unless float16
 
 
 def make_train_step(run: Run):
-    """The compiled step: the model's named losses, the Horovod-wrapped tape, the optimizer step,
-    the weight averages. Returns ``(named losses, examples)``."""
+    """The compiled step: the model's named losses, the Horovod-wrapped tape, the optimizer step
+    (loss-scaled under float16), the weight averages. Returns ``(named losses, examples)``."""
     import tensorflow as tf
 
-    hvd, model, optimizer = run.hvd, run.model, run.optimizer
+    from recsys.precision import compile_forward
+
+    hvd, model, optimizer, loss_scale = run.hvd, run.model, run.optimizer, run.loss_scale
     decay = run.cfg.train.weight_average_decay
+
+    def forward(x, y):
+        """(named float32 losses, their sum); XLA-compiled with its gradient when train.xla is on."""
+        losses = model.named_losses(x, y)
+        return losses, tf.add_n(list(losses.values()))
+
+    forward = compile_forward(forward, run.cfg.train.xla)  # precision: XLA outside Horovod's ops
 
     @tf.function
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            losses = model.named_losses(x, y)
-            total = tf.add_n(list(losses.values()))
+            losses, total = forward(x, y)
         tape = hvd.DistributedGradientTape(tape)  # Horovod: average gradients across ranks
-        grads = tape.gradient(total, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        # precision: gradients of the (scaled) loss through the tape, unscaled, applied when finite
+        loss_scale.minimize(tape, total, model.trainable_variables, optimizer)
         for average, var in zip(run.averages, model.trainable_variables):
             average.assign(decay * average + (1.0 - decay) * var)
         return losses, tf.shape(y)[0]
@@ -302,12 +309,17 @@ def make_train_step(run: Run):
 
 def inputs(run: Run, rank: int, size: int):
     """(endless training iterator over this rank's disjoint share, this rank's validation dataset)."""
+    from recsys.precision import prefetch_to_device, static_batches
+
     cfg, epr = run.cfg, run.manifest["examples_per_record"]
     # Horovod: each rank reads its own disjoint part of the training shards
     files, by_record = shard_files_for_rank(run.manifest["splits"]["train"]["shards"], run.prepared, rank, size)
     train_ds = make_dataset(files, run.features, run.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
                             seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
                             repeat=True, threads=run.threads)
+    # precision: one batch shape (a shard's last block is short), so the step is traced and XLA-compiled once
+    train_ds = static_batches(train_ds, run.batch_examples)
+    train_ds = prefetch_to_device(train_ds)  # precision: batches copied to this rank's GPU ahead (none on CPU)
     valid_files = [str(run.prepared / s["path"]) for s in run.manifest["splits"]["valid"]["shards"]]
     valid_ds = make_dataset(valid_files, run.features, max(1, 8192 // epr), record_shard=(rank, size),
                             threads=run.threads)
@@ -528,6 +540,8 @@ def close_epoch(run: Run, progress, losses: list[dict], seen: int, seconds: floa
               **{f"valid_{k}": v for k, v in valid.items()}, "valid_selection": value,
               "examples_per_s": total_seen / seconds, "examples_per_s_per_rank": total_seen / seconds / size,
               "seconds": seconds, "ranks": size}
+    if run.loss_scale.dynamic:  # precision: float16 steps skipped for overflow so far, and the scale
+        record.update(loss_scale=float(run.loss_scale.scale.numpy()), skipped_steps=int(run.loss_scale.skipped.numpy()))
     progress.history = progress.history + [record]
     improved = value < progress.best - 1e-4
     if improved:
@@ -681,16 +695,19 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     global LAST_RUN
     hvd.init()                                       # Horovod 1: init (a size-1 world without horovodrun)
     threads = pin_device(cfg, hvd)                   # Horovod 2: pin one GPU per local rank
-    run = build_run(cfg, hvd, threads, max_steps)    # Horovod 3+4: data spec (sharded in inputs()), lr x ranks
-    run.train_step = make_train_step(run)            # Horovod 5: the wrapped tape
-    LAST_RUN = run
-    progress = restore(run, resume)                  # rank 0 decides the resume point, broadcast
-    if is_elastic():
-        progress = fit_elastic(run, progress)        # Horovod 6: state.sync() broadcasts at every (re)start
-    else:
-        broadcast_start(run)                         # Horovod 6: everyone starts from rank 0's variables
-        fit_static(run, progress)                    # Horovod 7+8: metrics averaged, rank 0 checkpoints
-    return finish(run, progress)
+    from recsys.precision import policy
+
+    with policy(cfg.train.mixed_precision):          # precision: the compute dtype (layers built inside keep it)
+        run = build_run(cfg, hvd, threads, max_steps)  # Horovod 3+4: data spec (sharded in inputs()), lr x ranks
+        run.train_step = make_train_step(run)        # Horovod 5: the wrapped tape
+        LAST_RUN = run
+        progress = restore(run, resume)              # rank 0 decides the resume point, broadcast
+        if is_elastic():
+            progress = fit_elastic(run, progress)    # Horovod 6: state.sync() broadcasts at every (re)start
+        else:
+            broadcast_start(run)                     # Horovod 6: everyone starts from rank 0's variables
+            fit_static(run, progress)                # Horovod 7+8: metrics averaged, rank 0 checkpoints
+        return finish(run, progress)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -59,7 +59,12 @@ HVD_VERSION=${HVD_PIN#horovod==}
 TF_VERSION=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null \
   || "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow"))')
 if [ "$GPU" = 1 ]; then
-  CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311-nccl"; GPU_OPS=(HOROVOD_GPU_OPERATIONS=NCCL)
+  # NCCL allreduce between GPUs. NCCL is linked statically (libnccl_static.a from libnccl-dev, in
+  # the CUDA devel image), so Horovod's NCCL never clashes with the one TensorFlow's wheels load;
+  # CUDA kernels for compute capability 7.0 (V100) to 9.0 (H100/H200) only, not every one nvcc knows.
+  CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311-nccl"
+  GPU_OPS=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=STATIC
+           "HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-70,75,80,86,89,90}")
 else
   CACHE_DIR="$WHEEL_CACHE/tf-$TF_VERSION-py311"; GPU_OPS=(-u HOROVOD_GPU_OPERATIONS)
 fi
@@ -72,7 +77,17 @@ PY
 if ! have_hvd; then
   WHEEL=$(ls "$CACHE_DIR"/horovod-"$HVD_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$WHEEL" ]; then
-    say "building Horovod $HVD_VERSION against TensorFlow $TF_VERSION with Gloo (about 4 minutes on 2 cores, once; cached in $CACHE_DIR)"
+    if [ "$GPU" = 1 ]; then  # what the NCCL build needs, each with what to install when missing
+      CUDA_HOME_DIR=${HOROVOD_CUDA_HOME:-/usr/local/cuda}
+      command -v nvcc >/dev/null 2>&1 || [ -x "$CUDA_HOME_DIR/bin/nvcc" ] \
+        || die "RECSYS_GPU=1: nvcc not found (on PATH or in $CUDA_HOME_DIR/bin): build in a CUDA devel image (nvidia/cuda:*-devel) or set HOROVOD_CUDA_HOME"
+      NCCL_DIRS="${HOROVOD_NCCL_INCLUDE:-} ${HOROVOD_NCCL_HOME:+$HOROVOD_NCCL_HOME/include} /usr/include $CUDA_HOME_DIR/include"
+      NCCL_FOUND=""
+      for d in $NCCL_DIRS; do [ -f "$d/nccl.h" ] && NCCL_FOUND=$d; done
+      [ -n "$NCCL_FOUND" ] \
+        || die "RECSYS_GPU=1: nccl.h not found in$(printf ' %s' $NCCL_DIRS): install libnccl-dev (in the nvidia/cuda devel images) or set HOROVOD_NCCL_HOME"
+    fi
+    say "building Horovod $HVD_VERSION against TensorFlow $TF_VERSION with Gloo$([ "$GPU" = 1 ] && echo ' and NCCL') (about 4 minutes on 2 cores, once; cached in $CACHE_DIR)"
     mkdir -p "$CACHE_DIR"
     BUILD_LOG="$CACHE_DIR/build.log"
     # Gloo controller and CPU ops, no MPI/PyTorch/MXNet. CMAKE_POLICY_VERSION_MINIMUM lets a

@@ -275,7 +275,7 @@ def test_mpijob_fields(rendered):
         if overlay == "gpu":
             assert gpus == slots, "one Horovod rank per GPU"
             assert "recsys-gpu" in worker["template"]["spec"]["containers"][0]["image"]
-            assert "train.mixed_precision=true" in cmd
+            assert "train.mixed_precision=float16" in cmd
         else:
             assert gpus is None
 

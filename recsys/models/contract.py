@@ -125,9 +125,12 @@ class RecModel(keras.Model):
         self.score(x)
 
 
-def f32(t: tf.Tensor) -> tf.Tensor:
-    """Scores, logits and losses are computed in float32 whatever the compute policy."""
-    return tf.cast(t, tf.float32)
+def f32(tensors):
+    """Scores, logits and losses are computed in float32 whatever the compute policy (the towers may
+    compute in float16 or bfloat16): every floating tensor of ``tensors`` cast to float32."""
+    from recsys.precision import float32
+
+    return float32(tensors)
 
 
 def validation_metric(model_cfg, model: RecModel) -> str:
@@ -263,8 +266,11 @@ class ModelArtifact:
                 if sha256_file(d / name) != digest:
                     raise ArtifactError(f"{d / name} does not match its sha256 in {info_path}")
         cfg = build_section(ModelConfig, info["model_config"], "model", str(info_path))
-        model = build_model(info["feature_spec"], info["stats"], cfg)
-        read_weights(model, d / info["weights"])
+        from recsys.precision import float32_policy
+
+        with float32_policy():  # precision: served vectors are computed in float32 whatever the process's policy
+            model = build_model(info["feature_spec"], info["stats"], cfg)
+            read_weights(model, d / info["weights"])
         return cls(d, info, model)
 
     @property

@@ -28,6 +28,7 @@ import tf_keras as keras  # noqa: E402
 
 from recsys.config import ModelConfig  # noqa: E402
 from recsys.models.contract import RMSE, RecModel, f32  # noqa: E402
+from recsys.precision import float32_sum  # noqa: E402
 
 
 HISTORY_PAD = 0  # padding in the user-history table: the movie vocabulary's OOV id, never a training movie
@@ -273,7 +274,7 @@ class RatingNetwork(RecModel):
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
                 uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature)
         if self.losses:
-            out["regularization"] = f32(tf.add_n(self.losses))
+            out["regularization"] = float32_sum(self.losses)  # precision: add_loss terms may be float16
         return out
 
 
