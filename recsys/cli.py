@@ -94,6 +94,9 @@ def data_fetch(name: str, dest: str | None, source: str, timeout: float, force: 
         click.echo(f"  {result.dest / fname}  sha256 {digest[:16]}...")
 
 
+SYNTH_DEFAULT_DEST = "data/raw/synth"  # synthetic files never go beside a real dataset's
+
+
 @data_group.command("synth")
 @config_option
 @set_option
@@ -103,7 +106,8 @@ def data_fetch(name: str, dest: str | None, source: str, timeout: float, force: 
 @click.option("--format", "fmt", type=click.Choice(["ml-1m", "ml-latest"]), default=None,
               help="File format [config synth.format].")
 @click.option("--seed", type=int, default=None, help="Random seed [config synth.seed].")
-@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Target directory [config paths.raw].")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help=f"Target directory [config paths.raw; {SYNTH_DEFAULT_DEST} when paths.raw is a real dataset's].")
 @friendly_errors
 def data_synth(config_path, overrides, ratings, users, movies, fmt, seed, dest) -> None:
     """Generate a synthetic MovieLens dataset with learnable structure, in bounded memory."""
@@ -117,8 +121,11 @@ def data_synth(config_path, overrides, ratings, users, movies, fmt, seed, dest) 
     for name, value in (("--ratings", ratings), ("--users", users), ("--movies", movies)):
         if value < 1:
             raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
-    if dest is None:
-        dest = load_config(config_path, overrides).paths.raw
+    if dest is None:  # paths.raw, unless it is where a real dataset (data.dataset) is fetched to
+        full = load_config(config_path, overrides)
+        from recsys.datasets.fetch import GROUPLENS_DATASETS
+
+        dest = SYNTH_DEFAULT_DEST if full.data.dataset in GROUPLENS_DATASETS else full.paths.raw
     try:
         summary = generate(dest, ratings, users, movies, fmt or cfg.format, cfg.seed if seed is None else seed,
                            cfg.factors, cfg.noise, cfg.chunk_ratings)

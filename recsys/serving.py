@@ -28,7 +28,6 @@ import json
 import shutil
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from recsys.errors import ArtifactError, RecsysError
 from recsys.checksums import json_digest
 from recsys.export import load_vectors, sha256_file
 from recsys.indexing import build_index, movie_items, normalize, set_search_param, user_queries
+from recsys.outputs import replacing
 
 INDEX_JSON = "index.json"
 _FILES = ("movies_ip.faiss", "users_ip.faiss", "movies_cos.faiss", "movies.parquet", "users.parquet",
@@ -63,11 +63,8 @@ def build_serving_dir(cfg) -> dict:
     info = vec["info"]
     prepared = Path(info["prepared_dir"])
     out = Path(cfg.paths.index)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     ic = cfg.index
-    try:
+    with replacing(out, "index", "paths.index", signature=(INDEX_JSON,)) as tmp:
         m, b_m, m_r = vec["movies"]["vectors"], vec["movies"]["bias"], vec["movies"]["retrieval"]
         u, b_u, u_r = vec["users"]["vectors"], vec["users"]["bias"], vec["users"]["retrieval"]
         ranking = info.get("ranking", "rating")
@@ -120,11 +117,6 @@ def build_serving_dir(cfg) -> dict:
         }
         index_info["sha256"] = json_digest(index_info)
         (tmp / INDEX_JSON).write_text(json.dumps(index_info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for name, entry in index_info["indexes"].items():
         _log(f"{name}: {entry['count']:,} x {entry['vectors']} {entry['type']} {entry['search_params'] or ''} "
              f"recall@{ic.recall_k} {entry['recall_at_k']:.3f}")
