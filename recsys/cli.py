@@ -34,6 +34,17 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default="conf/ml-100k.yaml",
     show_default=True, help="YAML config file (see conf/default.yaml for every key).",
 )
+def _set_verbose(ctx, param, value):
+    from recsys.verbosity import set_verbose
+
+    set_verbose(value)
+    return value
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+    help="Also print Spark's and TensorFlow's own INFO/WARNING logs (default: progress lines and errors).",
+)
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key, e.g. --set prepare.shards.train=4 (repeatable).",
@@ -164,6 +175,7 @@ def data_inspect(directory: str, fmt: str, as_json: bool) -> None:
 @config_option
 @set_option
 @click.option("--master", default=None, help="Spark master for spark-submit (default: the config's prepare.master).")
+@verbose_option
 @friendly_errors
 def prepare_cmd(config_path, overrides, master):
     """Run the Spark prepare job through spark-submit (same as spark-submit jobs/prepare.py)."""
@@ -180,6 +192,10 @@ def prepare_cmd(config_path, overrides, master):
     cmd = [str(submit if submit.exists() else "spark-submit")]
     if master:
         cmd += ["--master", master]
+    from recsys.verbosity import spark_java_options
+
+    if spark_java_options():
+        cmd += ["--driver-java-options", spark_java_options()]
     cmd += [str(job), "--config", config_path] + [a for o in overrides for a in ("--set", o)]
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
     sys.exit(subprocess.call(cmd, env=env))
@@ -195,6 +211,7 @@ def prepare_cmd(config_path, overrides, master):
 @click.option("--compare", "compare", multiple=True, metavar="LABEL=MODEL_DIR",
               help="Also evaluate another trained model on the same split (repeatable), e.g. "
                    "--compare 'rating loss only=runs/ml-100k/model-rating'.")
+@verbose_option
 @friendly_errors
 def evaluate_cmd(config_path, overrides, fast, compare):
     """Evaluate the trained model and the baselines on the prepared test sets; write the report."""
