@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Benchmark top-10 retrieval: FAISS Flat vs the approximate index vs numpy brute force.
+"""Benchmark top-10 retrieval: FAISS Flat vs the served approximate index vs numpy brute force.
 
-    python bench/bench_faiss.py --catalog runs/ml-100k/vectors --synthetic 1000000 --synthetic 10000000
+    python bench/bench_faiss.py --config conf/ml-100k.yaml --catalog runs/ml-100k/vectors --synthetic 1000000
 
-For each collection (the ML-100K movie vectors from the trained model, and synthetic
-vectors of the same width drawn from a clustered Gaussian mixture, as learnt vectors are
-clustered): build time and memory of each index, single-query p50/p99 latency, batch
-queries/s for top-10, and recall@10 against exact search. The approximate index is built
-and tuned exactly as jobs/build_index.py does (recsys.indexing.build_index). Prints
-Markdown rows for docs/benchmarks.md.
+What is measured is what is served: the recommendation index ``movies_ip`` as
+jobs/build_index.py builds it from the config (with the default retrieval ranking, movies as
+``[m, m_r, T c_m]`` and users as ``[u, u_r, 1]``: output_dim + retrieval_dim + 1 = 65 wide), with
+the config's ``index.approximate`` factory (HNSW32 by default), built and tuned by
+recsys.indexing.build_index exactly as the index job does. Collections: the exported ML-100K
+movies (``--catalog``), and synthetic vectors of the same width drawn from a clustered Gaussian
+mixture, as learnt vectors are clustered. For each: build time and memory, single-query p50/p99
+latency, batch queries/s for top-10, and recall@10 against exact search. Prints Markdown rows
+for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -85,9 +88,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--catalog", default=None, help="a vectors/ directory from jobs/export.py")
     parser.add_argument("--synthetic", type=int, action="append", default=[])
-    parser.add_argument("--dim", type=int, default=33, help="width incl. the bias column (output_dim + 1)")
+    parser.add_argument("--config", default="conf/ml-100k.yaml", help="the config whose index is measured")
+    parser.add_argument("--factory", action="append", default=[],
+                        help="approximate index to measure (repeatable) [config index.approximate]")
     args = parser.parse_args()
     import faiss
+
+    from recsys.config import load_config
+
+    cfg = load_config(args.config)
+    retrieval = cfg.model.retrieval_weight > 0
+    # the rating network's served movie vectors (recsys.models.rating_network.movie_vectors "rank")
+    dim = cfg.model.output_dim + (cfg.model.retrieval_dim + 1 if retrieval else 2)
+    form = "[m, m_r, T c_m]" if retrieval else "[m, 1, b_m]"
+    factories = args.factory or [cfg.index.approximate]
 
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
           f"omp threads {faiss.omp_get_max_threads()}")
@@ -99,12 +113,13 @@ def main() -> None:
         v = load_vectors(args.catalog)
         base, q = v["movies"]["rank"], v["users"]["rank"]  # what movies_ip serves (the model's rank vectors)
         q = np.concatenate([q] * (10000 // len(q) + 1))[:10000]
-        bench(f"ML-100K movies, {v['info']['kind']} rank vectors", base, q, "HNSW32")
+        for factory in factories:
+            bench(f"ML-100K movies, {v['info']['kind']} rank vectors", base, q, factory)
     for n in args.synthetic:
-        base = clustered(n, args.dim, seed=1)
-        q = clustered(10000, args.dim, seed=2)
-        factory = "IVF1024,Flat" if n <= 2_000_000 else "IVF4096,Flat"
-        bench("synthetic clustered", base, q, factory)
+        base = clustered(n, dim, seed=1)
+        q = clustered(10000, dim, seed=2)
+        for factory in factories:
+            bench(f"synthetic clustered {form}", base, q, factory)
         del base
 
 

@@ -23,12 +23,17 @@ say() { printf '[pipeline] %s\n' "$*" >&2; }
 die() { printf '[pipeline] ERROR: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
+# the value after an option: present and not another option, else one clear line
+value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || die "$1 needs a value ($3)"; printf '%s' "$2"; }
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --overlay) OVERLAY=${2:?--overlay needs a name}; shift 2 ;;
-    --from) FROM=${2:?--from needs a stage}; shift 2 ;;
+    --overlay) OVERLAY=$(value "$1" "${2-}" "an overlay: $(echo $(ls k8s/overlays))") || exit 1; shift 2 ;;
+    --from) FROM=$(value "$1" "${2-}" "a stage: ${STAGES[*]}") || exit 1; shift 2 ;;
     --skip-fetch) SKIP_FETCH=1; shift ;;
-    --timeout-scale) TIMEOUT_SCALE=${2:?--timeout-scale needs a number}; shift 2 ;;
+    --timeout-scale) TIMEOUT_SCALE=$(value "$1" "${2-}" "a positive number such as 2 or 0.5") || exit 1; shift 2
+      [[ "$TIMEOUT_SCALE" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && [[ "$TIMEOUT_SCALE" =~ [1-9] ]] \
+        || die "--timeout-scale $TIMEOUT_SCALE: give a positive number such as 2 or 0.5 (it multiplies every stage's deadline)" ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -47,16 +52,28 @@ kubectl kustomize --load-restrictor LoadRestrictionsNone "k8s/overlays/$OVERLAY"
   || die "kustomize could not render k8s/overlays/$OVERLAY"
 NAMESPACE=$("$PYTHON" -c 'import sys, yaml; print(next((d["metadata"].get("namespace") for d in yaml.safe_load_all(open(sys.argv[1])) if d), None) or "default")' "$RENDERED")
 
-# "kind name deadline_seconds" of the object labelled with a stage's component
+# "kind name deadline_seconds images" of the object labelled with a stage's component
 stage_object() {
   "$PYTHON" - "$RENDERED" "$1" <<'PY'
 import sys, yaml
 path, stage = sys.argv[1], sys.argv[2]
+
+def images(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                yield value
+            else:
+                yield from images(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from images(value)
+
 for doc in yaml.safe_load_all(open(path)):
     if doc and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == stage:
         spec = doc.get("spec", {})
         deadline = spec.get("activeDeadlineSeconds") or spec.get("runPolicy", {}).get("activeDeadlineSeconds") or 7200
-        print(doc["kind"], doc["metadata"]["name"], deadline)
+        print(doc["kind"], doc["metadata"]["name"], deadline, ",".join(sorted(set(images(spec)))) or "-")
         break
 else:
     sys.exit(f"no object labelled app.kubernetes.io/component={stage} in the rendered overlay")
@@ -85,6 +102,31 @@ stage_state() {
   esac
 }
 
+# "pod image reason: message" for a pod of the stage stuck pulling its image (nothing when none is)
+pull_failure() {
+  local kind=$1 name=$2 selector
+  case "$kind" in
+    Job) selector="job-name=$name" ;;
+    MPIJob) selector="training.kubeflow.org/job-name=$name" ;;
+    SparkApplication) selector="sparkoperator.k8s.io/app-name=$name" ;;
+  esac
+  kubectl -n "$NAMESPACE" get pods -l "$selector" -o json 2>/dev/null | "$PYTHON" -c '
+import json, sys
+try:
+    pods = json.load(sys.stdin).get("items", [])
+except ValueError:
+    pods = []
+for pod in pods:
+    status = pod.get("status", {})
+    for c in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
+        waiting = c.get("state", {}).get("waiting") or {}
+        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+            message = " ".join(waiting.get("message", "").split())[:300]
+            print("pod %s cannot pull image %s (%s: %s)" % (pod["metadata"]["name"], c.get("image"), waiting["reason"], message))
+            sys.exit(0)
+' || true
+}
+
 show_logs() {
   local kind=$1 name=$2
   say "last log lines of $kind/$name:"
@@ -96,11 +138,11 @@ show_logs() {
 }
 
 run_stage() {
-  local stage=$1 kind name deadline state waited=0 condition
-  read -r kind name deadline < <(stage_object "$stage")
+  local stage=$1 kind name deadline images state waited=0 condition pull
+  read -r kind name deadline images < <(stage_object "$stage")
   deadline=$("$PYTHON" -c "print(int($deadline * $TIMEOUT_SCALE))")
   if [ "$DRY_RUN" = 1 ]; then
-    say "$stage: would apply $kind/$name in namespace $NAMESPACE and wait up to ${deadline}s"
+    say "$stage: would apply $kind/$name in namespace $NAMESPACE and wait up to ${deadline}s (image ${images//,/, })"
     return
   fi
   say "$stage: applying $kind/$name"
@@ -118,6 +160,9 @@ run_stage() {
     else
       state=$(stage_state "$kind" "$name")
     fi
+    if [ "$state" = running ] && pull=$(pull_failure "$kind" "$name") && [ -n "$pull" ]; then
+      die "stage $stage failed ($kind/$name): $pull; push the image or set images: in the overlay (docs/kubernetes.md)"
+    fi
     case "$state" in
       succeeded) say "$stage: done in ${waited}s+"; return ;;
       failed) show_logs "$kind" "$name"; die "stage $stage failed ($kind/$name); fix it and re-run with --from $stage" ;;
@@ -129,6 +174,11 @@ run_stage() {
 }
 
 say "overlay $OVERLAY, namespace $NAMESPACE$([ "$DRY_RUN" = 1 ] && echo ', dry run')"
+say "images: $("$PYTHON" - "$RENDERED" <<'PY'
+import re, sys
+print(", ".join(sorted(set(re.findall(r"^\s*-?\s*image:\s*['\"]?([^\s'\"]+)", open(sys.argv[1]).read(), re.M)))))
+PY
+) (the overlay's images: entry; the shipped names are placeholders, see docs/kubernetes.md)"
 if [ "$DRY_RUN" = 1 ]; then
   say "would apply the shared objects: $("$PYTHON" - "$RENDERED" <<'PY'
 import sys, yaml

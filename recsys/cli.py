@@ -34,6 +34,17 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default="conf/ml-100k.yaml",
     show_default=True, help="YAML config file (see conf/default.yaml for every key).",
 )
+def _set_verbose(ctx, param, value):
+    from recsys.verbosity import set_verbose
+
+    set_verbose(value)
+    return value
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+    help="Also print Spark's and TensorFlow's own INFO/WARNING logs (default: progress lines and errors).",
+)
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key, e.g. --set prepare.shards.train=4 (repeatable).",
@@ -94,6 +105,9 @@ def data_fetch(name: str, dest: str | None, source: str, timeout: float, force: 
         click.echo(f"  {result.dest / fname}  sha256 {digest[:16]}...")
 
 
+SYNTH_DEFAULT_DEST = "data/raw/synth"  # synthetic files never go beside a real dataset's
+
+
 @data_group.command("synth")
 @config_option
 @set_option
@@ -103,7 +117,8 @@ def data_fetch(name: str, dest: str | None, source: str, timeout: float, force: 
 @click.option("--format", "fmt", type=click.Choice(["ml-1m", "ml-latest"]), default=None,
               help="File format [config synth.format].")
 @click.option("--seed", type=int, default=None, help="Random seed [config synth.seed].")
-@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Target directory [config paths.raw].")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help=f"Target directory [config paths.raw; {SYNTH_DEFAULT_DEST} when paths.raw is a real dataset's].")
 @friendly_errors
 def data_synth(config_path, overrides, ratings, users, movies, fmt, seed, dest) -> None:
     """Generate a synthetic MovieLens dataset with learnable structure, in bounded memory."""
@@ -117,8 +132,11 @@ def data_synth(config_path, overrides, ratings, users, movies, fmt, seed, dest) 
     for name, value in (("--ratings", ratings), ("--users", users), ("--movies", movies)):
         if value < 1:
             raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
-    if dest is None:
-        dest = load_config(config_path, overrides).paths.raw
+    if dest is None:  # paths.raw, unless it is where a real dataset (data.dataset) is fetched to
+        full = load_config(config_path, overrides)
+        from recsys.datasets.fetch import GROUPLENS_DATASETS
+
+        dest = SYNTH_DEFAULT_DEST if full.data.dataset in GROUPLENS_DATASETS else full.paths.raw
     try:
         summary = generate(dest, ratings, users, movies, fmt or cfg.format, cfg.seed if seed is None else seed,
                            cfg.factors, cfg.noise, cfg.chunk_ratings)
@@ -157,6 +175,7 @@ def data_inspect(directory: str, fmt: str, as_json: bool) -> None:
 @config_option
 @set_option
 @click.option("--master", default=None, help="Spark master for spark-submit (default: the config's prepare.master).")
+@verbose_option
 @friendly_errors
 def prepare_cmd(config_path, overrides, master):
     """Run the Spark prepare job through spark-submit (same as spark-submit jobs/prepare.py)."""
@@ -173,6 +192,10 @@ def prepare_cmd(config_path, overrides, master):
     cmd = [str(submit if submit.exists() else "spark-submit")]
     if master:
         cmd += ["--master", master]
+    from recsys.verbosity import spark_java_options
+
+    if spark_java_options():
+        cmd += ["--driver-java-options", spark_java_options()]
     cmd += [str(job), "--config", config_path] + [a for o in overrides for a in ("--set", o)]
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
     sys.exit(subprocess.call(cmd, env=env))
@@ -189,6 +212,7 @@ def prepare_cmd(config_path, overrides, master):
               help="Also evaluate another trained model on the same split (repeatable): DIR is its serving "
                    "directory, or its model directory (exported and indexed with this config's index settings "
                    "first), e.g. --compare 'BPR-MF=runs/ml-100k/model-bpr'.")
+@verbose_option
 @friendly_errors
 def evaluate_cmd(config_path, overrides, fast, compare):
     """Evaluate the served model (paths.index) and the baselines on the prepared test sets; write the report."""

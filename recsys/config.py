@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -288,6 +289,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
     origin = typing.get_origin(tp)
@@ -314,6 +318,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: key '{key}' must be a section (mapping), got {value!r}")
         return _build(tp, value, key, where)
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text; engineers write it as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}' must be a number, got {value!r}")
         return float(value)
@@ -396,10 +402,44 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
         (cfg.synth.chunk_ratings >= 1000, "synth.chunk_ratings", "must be at least 1000"),
+        (cfg.train.early_stopping_patience >= 1, "train.early_stopping_patience", "must be at least 1 (epochs)"),
+        (cfg.model.retrieval_weight >= 0, "model.retrieval_weight", "must be 0 (off) or positive"),
+        (cfg.model.retrieval_temperature > 0, "model.retrieval_temperature", "must be positive (scores are divided by it)"),
+        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be 0 (no warm-up) or positive"),
+        (cfg.prepare.min_ratings_per_user >= 0, "prepare.min_ratings_per_user", "must be 0 (keep all) or positive"),
+        (cfg.prepare.min_ratings_per_movie >= 0, "prepare.min_ratings_per_movie", "must be 0 (keep all) or positive"),
+        (cfg.index.flat_max >= 0, "index.flat_max", "must be 0 or positive (collections up to it get an exact index)"),
+        (bool(cfg.prepare.master.strip()), "prepare.master", "is empty; give a Spark master such as local[2]"),
+        (bool(cfg.prepare.driver_memory.strip()), "prepare.driver_memory", "is empty; give a size such as 2g"),
+        (bool(cfg.index.approximate.strip()), "index.approximate", "is empty; give a FAISS factory string such as HNSW32"),
     ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{where}: key '{key}' {msg}")
+    _check_faiss_factory(cfg, where)
+
+
+def _check_faiss_factory(cfg: Config, where: str) -> None:
+    """``index.approximate`` must be a factory string FAISS can build at every indexed width.
+
+    The widths are those jobs/build_index.py indexes: ``[m, b_m]`` or ``[m, m_r, prior]``
+    (movies), ``[u, b_u]`` (users) and ``m`` (cosine). Whether the catalog is big enough to
+    train it is checked at build time (recsys.indexing), when its size is known.
+    """
+    if cfg.index.approximate == IndexConfig.approximate:
+        return  # the default builds at every width; skip importing FAISS
+    import faiss
+
+    out = cfg.model.output_dim
+    widths = sorted({out + cfg.model.retrieval_dim + 1 if cfg.model.retrieval_weight > 0 else out + 1, out + 1, out})
+    for d in widths:
+        try:
+            faiss.index_factory(d, cfg.index.approximate, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            reason = (str(err).strip().splitlines() or ["not understood"])[-1]
+            reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", reason)
+            raise ConfigError(f"{where}: key 'index.approximate' {cfg.index.approximate!r} is not a FAISS factory "
+                              f"string that builds {d}-dimensional vectors ({reason})") from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

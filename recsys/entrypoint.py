@@ -19,9 +19,15 @@ def run_job(prog: str, description: str, body: Callable, argv: list[str] | None 
                         help="override a config key (repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the arguments and the config, print the resolved paths, run nothing")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Spark's and TensorFlow's own INFO/WARNING logs (default: progress and errors)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+
+    from recsys.verbosity import set_verbose
+
+    set_verbose(args.verbose)
 
     from recsys.config import load_config
     from recsys.errors import RecsysError

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError  # noqa: E402
 from recsys.features import ENC, encoded_columns  # noqa: E402
+from recsys.outputs import replacing  # noqa: E402
 
 
 
@@ -76,10 +75,7 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
     if manifest_sha != trained.info["manifest_sha256"]:
         raise ArtifactError(f"{prepared}/manifest.json differs from the one {model_dir} was trained on; "
                             "export with the prepared data the model was trained on")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with replacing(out, "export", "paths.vectors", signature=("vectors.json",)) as tmp:
         n_users = _write_vectors(tmp / "users.parquet", "user_id", prepared / "users.parquet",
                                  trained.tower_names("user"), trained.user_vectors, trained.version, batch)
         n_movies = _write_vectors(tmp / "movies.parquet", "movie_id", prepared / "movies.parquet",
@@ -94,11 +90,6 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
                     "rates); top-k by <user rank, movie rank>; movie similarity: cosine of similarity",
         }
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _log(f"{n_users:,} user and {n_movies:,} movie vectors of the {trained.kind} model {trained.version} -> {out}")
     return info
 

@@ -12,10 +12,13 @@ queries reaches ``target_recall``; the value and the recall reached are recorded
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from recsys.errors import ArtifactError
 
 _EF = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 _NPROBE = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
@@ -84,7 +87,15 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         train = vectors[rng.choice(len(vectors), size=min(len(vectors), 256_000), replace=False)]  # >= 39 x nlist 4096
-        index.train(train)
+        _check_trainable(index, factory, len(train), flat_max)
+        try:
+            index.train(train)
+        except RuntimeError as err:  # FAISS's own multi-line message: keep its last line
+            reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "",
+                            (str(err).strip().splitlines() or ["failed"])[-1])
+            raise ArtifactError(f"index.approximate {factory!r} cannot be trained on {len(train):,} vectors "
+                                f"({reason}); choose a smaller index or raise index.flat_max to {len(vectors):,} "
+                                "for an exact one") from None
     index.add(vectors)
     build_seconds = time.time() - started
     rng = np.random.default_rng(seed + 1)
@@ -108,6 +119,20 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
             break
     set_search_param(index, name, best[0])
     return BuiltIndex(index, factory, {name: best[0]}, best[1], build_seconds)
+
+
+def _check_trainable(index, factory: str, n: int, flat_max: int) -> None:
+    """Stop with one line when ``n`` vectors are too few to train ``index`` (FAISS would throw)."""
+    import faiss
+
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except (RuntimeError, AttributeError):
+        return
+    if n < nlist:
+        raise ArtifactError(f"index.approximate {factory!r} has {nlist:,} IVF lists but the collection has only {n:,} "
+                            f"vectors to train them; use IVF{max(1, n // 39)} or fewer lists, or raise index.flat_max "
+                            f"(now {flat_max:,}) to {n:,} for an exact index")
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

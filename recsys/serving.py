@@ -24,10 +24,8 @@ FAISS searches are read-only, and the model (used only for new users and movies)
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from recsys.errors import ArtifactError, RecsysError
 from recsys.checksums import json_digest
 from recsys.export import load_vectors, sha256_file
 from recsys.indexing import VectorIndex, normalize
+from recsys.outputs import replacing
 
 INDEX_JSON = "index.json"
 MODEL_SUBDIR = "model"
@@ -66,11 +65,8 @@ def build_serving_dir(cfg) -> dict:
         raise ArtifactError(f"the model in {model_dir} is not the one {cfg.paths.vectors} was exported from "
                             "(weights differ): export again")
     out = Path(cfg.paths.index)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     movies_v, users_v = vec["movies"], vec["users"]
-    try:
+    with replacing(out, "index", "paths.index", signature=(INDEX_JSON,)) as tmp:
         built = {  # name: (index, indexed vectors, query vectors)
             "movies_ip": (VectorIndex.build(movies_v["rank"], users_v["rank"], cfg.index), "movie rank", "user rank"),
             "users_ip": (VectorIndex.build(users_v["score"], movies_v["score"], cfg.index), "user score", "movie score"),
@@ -104,11 +100,6 @@ def build_serving_dir(cfg) -> dict:
         }
         index_info["sha256"] = json_digest(index_info)
         (tmp / INDEX_JSON).write_text(json.dumps(index_info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for name, entry in index_info["indexes"].items():
         _log(f"{name}: {entry['count']:,} x {entry['vectors']} ({entry['dimension']}) {entry['type']} "
              f"{entry['search_params'] or ''} recall@{cfg.index.recall_k} {entry['recall_at_k']:.3f}")

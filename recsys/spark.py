@@ -57,8 +57,14 @@ def get_spark(app_name: str, master: str, driver_memory: str, shuffle_partitions
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    conf = SparkConf()
+    from recsys.verbosity import spark_java_options, verbose
+
+    conf = SparkConf()  # before the gateway is touched: the config's master applies as it always did
+    if "PYSPARK_GATEWAY_PORT" in os.environ and not verbose():
+        _quiet_running_jvm()  # under spark-submit the driver JVM exists already: lower its log level now
     builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and spark_java_options() and not conf.contains("spark.driver.extraJavaOptions"):
+        builder = builder.config("spark.driver.extraJavaOptions", spark_java_options())  # a JVM started here
     if not conf.contains("spark.master"):
         builder = builder.master(master)
     if not conf.contains("spark.driver.memory"):
@@ -75,3 +81,12 @@ def get_spark(app_name: str, master: str, driver_memory: str, shuffle_partitions
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _quiet_running_jvm() -> None:
+    """Set every log4j logger of the spark-submit JVM to ERROR before the SparkContext logs."""
+    from pyspark import SparkContext
+
+    SparkContext._ensure_initialized()  # connects to the spark-submit gateway; launches nothing
+    jvm = SparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setAllLevels("", jvm.org.apache.logging.log4j.Level.ERROR)

@@ -97,3 +97,53 @@ def test_cli_config_error_is_one_line_without_traceback(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "recsys.cli", "config", "--set", "prepare.shards.train=3"],
                         cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "train: 3" in ok.stdout
+
+
+def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as text; it must still be the number an engineer meant
+    conf = tmp_path / "sci.yaml"
+    conf.write_text(f"extends: {ROOT / 'conf/default.yaml'}\ntrain:\n  learning_rate: 1e-3\nmodel:\n  l2: 1E-5\n")
+    cfg = load_config(conf, ["model.embedding_l2=3e-4", "model.dropout=+2.5e-1"])
+    assert (cfg.train.learning_rate, cfg.model.l2, cfg.model.embedding_l2, cfg.model.dropout) == (1e-3, 1e-5, 3e-4, 0.25)
+    with pytest.raises(ConfigError, match="'train.learning_rate' must be a number, got '1e-3x'"):
+        load_config(conf, ["train.learning_rate=1e-3x"])
+    with pytest.raises(ConfigError, match="'train.epochs' must be an integer"):
+        load_config(conf, ["train.epochs=1e3"])  # an integer key stays an integer
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.early_stopping_patience=-1", "train.early_stopping_patience"),
+    ("model.retrieval_weight=-1", "model.retrieval_weight"),
+    ("model.retrieval_temperature=0", "model.retrieval_temperature"),
+    ("train.warmup_epochs=-2", "train.warmup_epochs"),
+    ("prepare.min_ratings_per_user=-5", "prepare.min_ratings_per_user"),
+    ("prepare.min_ratings_per_movie=-1", "prepare.min_ratings_per_movie"),
+    ("index.flat_max=-1", "index.flat_max"),
+    ("prepare.master=", "prepare.master"),
+    ("prepare.master=' '", "prepare.master"),
+    ("index.approximate=IVFbogus", "index.approximate"),
+    ("index.approximate=PQ7", "index.approximate"),  # 32/33-dim vectors: not a multiple of 7
+    ("index.approximate=", "index.approximate"),
+])
+def test_nonsense_values_are_one_error_line_at_config_time(override, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        load_config(ROOT / "conf/ml-100k.yaml", [override])
+    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "config", "--config", str(ROOT / "conf/ml-100k.yaml"),
+                           "--set", override], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
+
+
+def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():
+    import numpy as np
+
+    from recsys.errors import ArtifactError
+    from recsys.indexing import build_index
+
+    v = np.random.default_rng(0).random((500, 33), dtype=np.float32)
+    with pytest.raises(ArtifactError, match=r"'IVF1024,Flat' has 1,024 IVF lists but the collection has only 500 "
+                                            r"vectors.*IVF12 or fewer.*index.flat_max"):
+        build_index(v, v, flat_max=100, factory="IVF1024,Flat", target_recall=0.9, k=10, sample=50)
+    assert build_index(v, v, flat_max=100, factory="IVF8,Flat", target_recall=0.9, k=10, sample=50).recall >= 0.9

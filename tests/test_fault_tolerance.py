@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENV, ROOT, train_cmd
+from tests.conftest import BIN, ENV, ROOT, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -227,3 +227,32 @@ def test_corrupt_training_shard_is_named_before_training(train_data, tmp_path, d
     assert errors == [f"error: shard {shard} is corrupt: sha256 differs from manifest.json "
                       "(re-run prepare, or restore the file)"], log[-3000:]
     assert "Traceback" not in log and not (tmp_path / "m" / "checkpoints").exists()
+
+
+def _readme_command(prefix: str, needle: str) -> list[str]:
+    """The README's command line that starts with ``prefix`` and contains ``needle``, as argv."""
+    import shlex
+
+    lines = [ln.split(" #")[0].strip() for ln in (ROOT / "README.md").read_text().splitlines()]
+    found = [ln for ln in lines if ln.startswith(prefix) and needle in ln]
+    assert len(found) == 1, f"README should show one `{prefix} ... {needle}` command, found {found}"
+    return shlex.split(found[0])
+
+
+def test_readme_elastic_command_runs_as_written(train_data, tmp_path):
+    """The elastic command from the README, run as written (from the repository root, with the
+    shipped scripts/discover_hosts.sh), on the tiny data for two epochs: it finishes and trains."""
+    _, overrides = train_data
+    argv = _readme_command("horovodrun", "--host-discovery-script")
+    assert (ROOT / argv[argv.index("--host-discovery-script") + 1]).is_file()
+    model_dir = tmp_path / "model"
+    small = [f"paths.model={model_dir}", "train.batch_size=64", "train.epochs=2", "model.hidden_units=[32]",
+             "model.embedding_dim=8", "model.output_dim=8", "train.threads_per_rank=1"]
+    argv = [os.path.join(BIN, "horovodrun"), *argv[1:], *[a for o in overrides + small for a in ("--set", o)]]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(ENV, PATH=f"{BIN}:{os.environ['PATH']}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    rc, log = _finish(proc, DEADLINE_S)
+    assert rc == 0, log[-3000:]
+    summary = json.loads((model_dir / "model.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["history"][0]["ranks"] == 2  # both discovered "hosts" ran a worker

@@ -427,3 +427,68 @@ def test_pipeline_script_plans_every_stage(rendered):
     bad = subprocess.run([str(K8S / "run-pipeline.sh"), "--from", "training", "--dry-run"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "not a stage" in bad.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--timeout-scale", "abc"], "--timeout-scale abc: give a positive number"),
+    (["--timeout-scale", "0"], "--timeout-scale 0: give a positive number"),
+    (["--timeout-scale", "-1"], "--timeout-scale -1: give a positive number"),
+    (["--timeout-scale"], "--timeout-scale needs a value"),
+    (["--overlay"], "--overlay needs a value (an overlay: cpu-small"),
+    (["--overlay", "--dry-run"], "--overlay needs a value"),
+    (["--from"], "--from needs a value (a stage: fetch prepare"),
+])
+def test_pipeline_script_checks_its_arguments(args, message):
+    out = subprocess.run([str(K8S / "run-pipeline.sh"), *args, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"[pipeline] ERROR: {message}"), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pipeline_dry_run_prints_the_images(rendered):
+    out = subprocess.run([str(K8S / "run-pipeline.sh"), "--overlay", "gpu", "--dry-run", "--timeout-scale", "0.5"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    images = set(re.findall(r"^\s*-?\s*image:\s*(\S+)", yaml.safe_dump_all(rendered["gpu"]), re.M))
+    assert images == {"ghcr.io/recsys/recsys-gpu:0.1.0"}
+    assert "[pipeline] images: ghcr.io/recsys/recsys-gpu:0.1.0 (" in out.stderr and "placeholders" in out.stderr
+    mpijob = _one(rendered["gpu"], "MPIJob", "recsys-train")
+    half = int(mpijob["spec"]["runPolicy"]["activeDeadlineSeconds"] * 0.5)
+    assert (f"] train: would apply MPIJob/recsys-train in namespace recsys and wait up to {half}s "
+            "(image ghcr.io/recsys/recsys-gpu:0.1.0)") in out.stderr
+    doc = (ROOT / "docs/kubernetes.md").read_text()
+    assert "ghcr.io/recsys/recsys-cpu" in doc and "placeholder" in doc
+
+
+FAKE_KUBECTL = """#!/usr/bin/env bash
+# kubectl for a cluster whose pods cannot pull their image: kustomize is the real one
+echo "$*" >> "$FAKE_LOG"
+case "$1" in kustomize) exec "$REAL_KUBECTL" "$@" ;; esac
+case " $* " in
+  *" wait "*) sleep 0.2; exit 1 ;;
+  *" get pods "*) cat <<'JSON'
+{"items": [{"metadata": {"name": "recsys-export-x7k2p"}, "status": {"containerStatuses": [{"image": "ghcr.io/recsys/recsys-cpu:0.1.0",
+ "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \\"ghcr.io/recsys/recsys-cpu:0.1.0\\""}}}]}}]}
+JSON
+  ;;
+esac
+exit 0
+"""
+
+
+def test_a_pod_that_cannot_pull_its_image_fails_the_stage_at_once(rendered, tmp_path):
+    fake = tmp_path / "bin" / "kubectl"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_KUBECTL)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", REAL_KUBECTL=KUBECTL, FAKE_LOG=str(log))
+    out = subprocess.run([str(K8S / "run-pipeline.sh"), "--from", "export"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("[pipeline] ERROR: stage export failed (Job/recsys-export): pod recsys-export-x7k2p cannot "
+                           "pull image ghcr.io/recsys/recsys-cpu:0.1.0 (ImagePullBackOff: Back-off pulling image"), last
+    assert "-l job-name=recsys-export" in log.read_text()
+    assert "running (" not in out.stderr  # failed on the first look, not after the deadline

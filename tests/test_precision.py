@@ -257,7 +257,8 @@ def test_gpu_overlay_settings_train_under_mixed_precision_and_export_exactly(tra
     float32 variables, and exported float32 vectors that rank movies exactly as the model does."""
     import tensorflow as tf
 
-    from recsys.export import TrainedModel, export_vectors, load_vectors
+    from recsys.export import export_vectors, load_vectors
+    from recsys.models import load_model
 
     base, overrides = train_data
     config, overlay_sets = _gpu_overlay_training_command(tmp_path)
@@ -276,9 +277,9 @@ def test_gpu_overlay_settings_train_under_mixed_precision_and_export_exactly(tra
     expected = load_config(config, overlay_sets).train.mixed_precision
     assert expected != "off" and summary["config"]["train"]["mixed_precision"] == expected
     history = summary["history"]
-    train_rmse = [h["train_rmse"] for h in history]
-    assert all(np.isfinite(train_rmse)) and all(np.isfinite([h["valid_rmse"] for h in history]))
-    assert train_rmse[-1] < train_rmse[0] - 0.05, train_rmse
+    train_mse = [h["train_rating"] for h in history]  # the rating network's named rating loss (MSE)
+    assert all(np.isfinite(train_mse)) and all(np.isfinite([h["valid_rmse"] for h in history]))
+    assert train_mse[-1] < train_mse[0] - 0.05, train_mse
     if expected == "float16":  # dynamic loss scaling ran and most steps were applied
         assert history[-1]["loss_scale"] >= 1.0 and history[-1]["skipped_steps"] < 10, history[-1]
     # variables (and so checkpoints) are float32
@@ -292,10 +293,11 @@ def test_gpu_overlay_settings_train_under_mixed_precision_and_export_exactly(tra
     export_vectors(model_dir, base / "prepared", vectors_dir)
     vec = load_vectors(vectors_dir)
     users, movies = vec["users"], vec["movies"]
-    assert users["vectors"].dtype == np.float32 and movies["vectors"].dtype == np.float32
-    # numpy brute force from the model itself (float32 weights, float32 compute): score every
-    # (user, movie) pair with model(x) and model.retrieval_score(x)
-    trained = TrainedModel(model_dir)
+    assert all(users[n].dtype == np.float32 for n in ("score", "rank"))
+    assert all(movies[n].dtype == np.float32 for n in ("score", "rank", "similarity"))
+    # brute force from the model itself (float32 weights, float32 compute): score every
+    # (user, movie) pair with the model's own score, and compare with the exported vectors
+    trained = load_model(model_dir)
     import pyarrow.parquet as pq
 
     from recsys.features import encoded_columns
@@ -311,21 +313,14 @@ def test_gpu_overlay_settings_train_under_mixed_precision_and_export_exactly(tra
     for row in range(0, len(user_table), 37):  # a spread of users
         x = {name: tf.constant(np.repeat(col[row:row + 1], n_movies, axis=0), tf.int64) for name, col in uenc.items()}
         x.update({name: tf.constant(col, tf.int64) for name, col in menc.items()})
-        rating = trained.model(x).numpy()
-        retrieval = trained.model.retrieval_score(x).numpy() * trained.model.cfg.retrieval_temperature
-        # the exported forms: [u, 1] . [m, b_m] and [u, u_r] . [m, m_r] + prior
-        by_rating = movies["vectors"] @ users["vectors"][row] + movies["bias"]
-        by_retrieval = (movies["vectors"] @ users["vectors"][row] + movies["retrieval"] @ users["retrieval"][row]
-                        + movies["prior"])
-        # the rating form leaves out mu + b_u, the same for every movie of this user
-        np.testing.assert_allclose(by_rating + vec["info"]["mu"] + users["bias"][row], rating, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(by_retrieval, retrieval, rtol=1e-5, atol=1e-5)
-        for exported, model_scores in ((by_rating, rating), (by_retrieval, retrieval)):
-            top = np.argsort(-exported, kind="stable")[:k]
-            brute = np.argsort(-model_scores, kind="stable")[:k]
-            same = np.array_equal(top, brute)
-            # only an exact tie (within float32 rounding) may swap two movies
-            assert same or np.allclose(np.sort(model_scores[top]), np.sort(model_scores[brute]), atol=1e-5), row
+        rating = trained.model.score(x).numpy()
+        # the exported form: score_offset + <user score, movie score> is the predicted rating
+        by_rating = movies["score"] @ users["score"][row] + vec["info"]["score_offset"]
+        np.testing.assert_allclose(by_rating, rating, rtol=1e-5, atol=1e-5)
+        top = np.argsort(-by_rating, kind="stable")[:k]
+        brute = np.argsort(-rating, kind="stable")[:k]
+        # only an exact tie (within float32 rounding) may swap two movies
+        assert np.array_equal(top, brute) or np.allclose(np.sort(rating[top]), np.sort(rating[brute]), atol=1e-5), row
 
 
 @pytest.mark.slow
@@ -340,8 +335,8 @@ def test_xla_trains_at_two_ranks(train_data, tmp_path):
     assert "Compiled cluster using XLA" in proc.stdout + proc.stderr
     summary = json.loads((model_dir / "model.json").read_text())
     assert summary["ranks"] == 2 and summary["config"]["train"]["xla"] is True
-    rmse = [h["train_rmse"] for h in summary["history"]]
-    assert all(np.isfinite(rmse)) and rmse[-1] < rmse[0], rmse
+    mse = [h["train_rating"] for h in summary["history"]]
+    assert all(np.isfinite(mse)) and mse[-1] < mse[0], mse
 
 
 @pytest.mark.slow

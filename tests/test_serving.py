@@ -333,3 +333,60 @@ def test_cli_prints_titles(served):
     proc = subprocess.run([sys.executable, "-m", "recsys.cli", "recommend", "--user", "99999", *sets],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown user id 99999")
+
+
+_REBUILD = """
+import sys
+from recsys.config import load_config
+from recsys.export import export_vectors
+from recsys.serving import build_serving_dir
+cfg = load_config(sys.argv[1], sys.argv[3:])
+if sys.argv[2] == "export":
+    export_vectors(cfg.paths.model, cfg.paths.prepared, cfg.paths.vectors)
+else:
+    build_serving_dir(cfg)
+"""
+
+
+@pytest.mark.parametrize("stage", ["export", "index"])
+@pytest.mark.parametrize("crash_at", ["written", "swapped"])
+def test_export_and_index_killed_mid_swap_leave_a_loadable_output(served, stage, crash_at):
+    """Export / index build re-run in a process SIGKILLed at each step of the swap: the vectors and
+    the index still load and verify (the previous or the new one, both complete), and the next run
+    removes what the killed one left behind."""
+    import signal
+
+    from recsys.export import load_vectors
+    from recsys.serving import Recommender
+
+    sets = [f"paths.{k}={v}" for k, v in served.to_dict()["paths"].items()] + ["train.epochs=2",
+                                                                                "prepare.examples_per_record=32"]
+    out = Path(served.paths.vectors if stage == "export" else served.paths.index)
+    args = [sys.executable, "-c", _REBUILD, str(ROOT / "conf/ml-100k.yaml"), stage, *sets]
+    proc = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(ROOT), RECSYS_CRASH_AT=crash_at),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(load_vectors(served.paths.vectors)["movies"]["ids"]) == 1682
+    loaded = Recommender.load(served.paths.index)
+    assert len(loaded.recommend(42, k=10)) == 10
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # the kill's leftovers
+    proc = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")] == []
+    assert len(Recommender.load(served.paths.index).recommend(42, k=10)) == 10
+
+
+def test_index_and_vectors_refuse_a_folder_of_other_files(served, tmp_path):
+    from recsys.errors import ArtifactError
+    from recsys.export import export_vectors
+    from recsys.serving import build_serving_dir
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("months of work")
+    with pytest.raises(ArtifactError, match=r"paths.index \(.*mine\) is not empty and was not written by recsys index"):
+        build_serving_dir(load_config(ROOT / "conf/ml-100k.yaml",
+                                      [f"paths.vectors={served.paths.vectors}", f"paths.index={folder}"]))
+    with pytest.raises(ArtifactError, match=r"paths.vectors \(.*mine\) is not empty and was not written by recsys export"):
+        export_vectors(served.paths.model, served.paths.prepared, folder)
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"] and (folder / "thesis.tex").read_text() == "months of work"

@@ -115,3 +115,52 @@ def test_ml_latest_output_reads_back(tmp_path):
 def test_impossible_request_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot fit"):
         generate(tmp_path, 10_000, 2, 10, progress=False)
+
+
+def _cli(args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.run([sys.executable, "-m", "recsys.cli", "data", "synth", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_synth_default_dest_is_its_own_folder(tmp_path):
+    """With the ML-100K config (the CLI's default), synthetic files never land in data/raw/ml-100k."""
+    from tests.conftest import ROOT
+
+    proc = _cli(["--config", str(ROOT / "conf/ml-100k.yaml"), "--ratings", "2000", "--users", "50", "--movies", "80"],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "data/raw/synth/ratings.dat").is_file() and not (tmp_path / "data/raw/ml-100k").exists()
+    assert "to data/raw/synth" in proc.stdout
+    # a config made for synthetic data keeps its own paths.raw
+    proc = _cli(["--config", str(ROOT / "conf/synth-25m.yaml"), "--ratings", "2000", "--users", "50", "--movies", "80"],
+                tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "data/raw/synth-25m/ratings.dat").is_file(), proc.stderr
+
+
+def test_two_formats_in_one_folder_are_refused(ml100k_dir):
+    from recsys.datasets.formats import detect_format
+    from recsys.errors import DataError
+
+    generate(ml100k_dir.parent / "synth", ratings=2000, users=50, movies=80, progress=False)
+    (ml100k_dir / "ratings.dat").write_bytes((ml100k_dir.parent / "synth" / "ratings.dat").read_bytes())
+    with pytest.raises(DataError, match=r"more than one MovieLens format: ml-100k \(u.data\) and ml-1m \(ratings.dat\)"):
+        detect_format(ml100k_dir)
+    assert detect_format(ml100k_dir, "ml-100k").name == "ml-100k"  # naming the format settles it
+
+
+def test_too_few_ratings_for_the_users_is_one_line_and_writes_nothing(tmp_path):
+    from tests.conftest import ROOT
+
+    dest = tmp_path / "big"
+    proc = _cli(["--ratings", "1000", "--config", str(ROOT / "conf/synth-25m.yaml"), "--dest", str(dest)], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: 1,000 ratings for 160,000 users: every synthetic user rates at least one movie, so give "
+                     "at least as many ratings as users (--ratings 160,000 or more, or fewer --users)"], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no dest, no temporary copy

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import DataError
+from recsys.outputs import replacing
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 GROUPLENS_DATASETS = {"ml-100k": "ml-100k", "ml-1m": "ml-1m", "ml-latest-small": "ml-latest-small", "ml-25m": "ml-25m"}
@@ -125,10 +125,8 @@ def fetch_dataset(name: str, dest: str | Path, source: str = "auto", timeout: fl
     if not force and (found := _already_there(dest)):
         _log(f"{name} already in {dest} (checksums verified); use --force to fetch again")
         return found
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     started = time.time()
-    try:
+    with replacing(dest, "fetch", "--dest", signature=(FETCH_RECORD,)) as work:
         files, used = None, None
         if source in ("auto", "grouplens"):
             try:
@@ -145,11 +143,5 @@ def fetch_dataset(name: str, dest: str | Path, source: str = "auto", timeout: fl
                                 f"download it elsewhere and put its files in {dest}, or use `recsys data synth`")
             files, used = _from_recbole_wheel(work), f"pypi:{RECBOLE_WHEEL}"
         (work / FETCH_RECORD).write_text(json.dumps({"name": name, "source": used, "files": files}, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        work.rename(dest)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     _log(f"{name}: {len(files)} files from {used} in {time.time() - started:.1f}s -> {dest}")
     return FetchResult(name, dest, used, files)

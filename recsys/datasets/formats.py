@@ -343,8 +343,12 @@ def detect_format(directory: str | Path, configured: str = "auto") -> FormatSpec
             raise DataError(f"{directory}: data.format is {configured!r} but {', '.join(missing)} not found; "
                             f"expected {spec.description}")
         return spec
-    for spec in FORMATS.values():
-        if resolve_file(directory, spec.files["ratings"]) is not None:
-            return spec
+    found = [spec for spec in FORMATS.values() if resolve_file(directory, spec.files["ratings"]) is not None]
+    if len(found) > 1:  # e.g. synthetic ML-1M files written beside real ML-100K ones: never guess
+        names = " and ".join(f"{s.name} ({resolve_file(directory, s.files['ratings']).name})" for s in found)
+        raise DataError(f"{directory} holds more than one MovieLens format: {names}; keep one dataset per "
+                        "directory, or set data.format to the one to read")
+    if found:
+        return found[0]
     expected = "; ".join(s.description for s in FORMATS.values())
     raise DataError(f"{directory}: no MovieLens ratings file found. Expected one of: {expected}")

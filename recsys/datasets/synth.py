@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.datasets.formats import ML1M_AGE_BUCKETS
+from recsys.outputs import replacing
 
 GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -215,10 +216,20 @@ def generate(dest: str | Path, ratings: int, users: int, movies: int, fmt: str =
     Files: ml-1m: ratings.dat, users.dat, movies.dat; ml-latest: ratings.csv, movies.csv.
     """
     started = time.time()
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    world = _World(movies, factors, seed)
+    if ratings < users:
+        raise ValueError(f"{ratings:,} ratings for {users:,} users: every synthetic user rates at least one movie, "
+                         f"so give at least as many ratings as users (--ratings {users:,} or more, or fewer --users)")
     counts = _user_counts(ratings, users, movies, seed)
+    with replacing(dest, "synth", signature=("SYNTH.json",)) as tmp:
+        written = _generate_into(Path(tmp), counts, ratings, users, movies, fmt, seed, factors, noise,
+                                 chunk_ratings, progress, started)
+    return SynthSummary(Path(dest), fmt, written, users, movies, time.time() - started)
+
+
+def _generate_into(dest: Path, counts: np.ndarray, ratings: int, users: int, movies: int, fmt: str, seed: int,
+                   factors: int, noise: float, chunk_ratings: int, progress: bool, started: float) -> int:
+    """Write every file of :func:`generate` into ``dest`` (a fresh directory); return the ratings written."""
+    world = _World(movies, factors, seed)
     _write_movies(world, dest, fmt)
     sep = "::" if fmt == "ml-1m" else ","
     rating_path = dest / ("ratings.dat" if fmt == "ml-1m" else "ratings.csv")
@@ -282,9 +293,8 @@ def generate(dest: str | Path, ratings: int, users: int, movies: int, fmt: str =
         rating_fh.close()
         if user_fh is not None:
             user_fh.close()
-    seconds = time.time() - started
     (dest / "SYNTH.json").write_text(json.dumps({
         "format": fmt, "ratings": int(ratings), "users": users, "movies": movies, "seed": seed,
         "factors": factors, "noise": noise, "generator": "recsys.datasets.synth",
     }, indent=2))
-    return SynthSummary(dest, fmt, written, users, movies, seconds)
+    return written

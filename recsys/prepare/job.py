@@ -19,7 +19,6 @@ import json
 import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +28,7 @@ from recsys.config import Config
 from recsys.datasets.formats import FORMATS, TABLES, detect_format, resolve_file
 from recsys.checksums import sha256_file  # noqa: F401  (re-exported)
 from recsys.errors import ArtifactError, DataError
+from recsys.outputs import replacing
 from recsys.features import ENC, OOV_ID, FeatureEncoder, build_vocabularies
 from recsys.prepare import cleaning, reading, splitting, tfrecords
 from recsys.prepare.feature_table import FeatureTable
@@ -77,35 +77,18 @@ def run_prepare(cfg: Config, spark=None) -> dict:
     for table, path in files.items():
         if path is not None and path.is_dir():
             raise DataError(f"{path}: expected the {table} file, found a directory")
-    if spark is None:
-        spark = get_spark("recsys-prepare", cfg.prepare.master, cfg.prepare.driver_memory,
-                          cfg.prepare.shuffle_partitions)
-    log("start", f"format {fmt}, master {spark.sparkContext.master}, input {cfg.paths.raw}")
-
     dest = Path(cfg.paths.prepared)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # the output is locked and checked before the JVM starts: a second run or a foreign folder stops at once
+    with replacing(dest, "prepare", "paths.prepared", signature=(MANIFEST,)) as tmp:
+        if spark is None:
+            spark = get_spark("recsys-prepare", cfg.prepare.master, cfg.prepare.driver_memory,
+                              cfg.prepare.shuffle_partitions)
+        log("start", f"format {fmt}, master {spark.sparkContext.master}, input {cfg.paths.raw}")
         manifest = _prepare_into(spark, cfg, fmt, files, tmp, log)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     rows = manifest["accounting"]["ratings"]["rows_read"]
     log("done", f"wrote {dest} ({manifest['splits']['train']['examples']:,} train examples; "
                 f"{rows / max(log.elapsed(), 1e-9):,.0f} rating lines/s overall)")
     return manifest
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        dest.rename(old)
-    tmp.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], out: Path, log: _Log) -> dict:
