@@ -239,7 +239,7 @@ def test_douban_trains_and_serves_a_new_chinese_title(spark, tmp_path):
     from recsys.serving import Recommender, build_serving_dir
 
     write_douban(tmp_path / "raw", users=40)
-    overrides = ["train.epochs=2", "train.batch_size=64", "model.hidden_units=[16]", "model.embedding_dim=8",
+    overrides = ["train.epochs=1", "train.batch_size=64", "model.hidden_units=[16]", "model.embedding_dim=8",
                  "model.output_dim=8", "model.retrieval_dim=4", "train.threads_per_rank=1",
                  "prepare.split.validation_fraction=0.1"]
     cfg = douban_cfg(tmp_path / "raw", tmp_path, *overrides)

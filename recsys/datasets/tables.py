@@ -221,9 +221,9 @@ def check_header(tf: TableFile, header: list[str]) -> None:
 
 
 def split_fields(line: str, delimiter: str, quoted: bool) -> list[str]:
-    """Fields of one line: CSV quoting rules when ``quoted``, else a plain split (ratings)."""
+    """Fields of one line: CSV quoting rules when ``quoted``, else a plain split."""
     if not quoted:
-        return [_unquote(f) for f in line.split(delimiter)]
+        return line.split(delimiter)
     try:
         rows = list(csv.reader([line], delimiter=delimiter, strict=True)) if len(delimiter) == 1 else [line.split(delimiter)]
     except csv.Error as err:
@@ -232,7 +232,7 @@ def split_fields(line: str, delimiter: str, quoted: bool) -> list[str]:
 
 
 def _unquote(value: str) -> str:
-    """A field without one pair of surrounding double quotes (as the Spark ratings parser does)."""
+    """A CSV ratings field without one pair of surrounding double quotes (as the Spark parser does)."""
     v = value.strip()
     return v[1:-1] if len(v) >= 2 and v[0] == '"' and v[-1] == '"' else value
 
@@ -263,7 +263,12 @@ class RowParser:
             self.genre_sep = re.compile(m.genre_separator)
 
     def fields(self, line: str) -> list[str]:
-        parts = split_fields(line, self.tf.delimiter, quoted=self.tf.table != "ratings")
+        if self.tf.table == "ratings":  # a plain split, as the Spark parser does; quotes removed in CSV only
+            parts = line.split(self.tf.delimiter)
+            if self.tf.kind == "csv":
+                parts = [_unquote(f) for f in parts]
+        else:
+            parts = split_fields(line, self.tf.delimiter, quoted=True)
         if len(parts) != self.width:
             raise RowError("wrong_field_count", f"{self.tf.table}: expected {self.width} fields separated by "
                                                 f"{self.tf.delimiter!r}, got {len(parts)}")

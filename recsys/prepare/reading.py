@@ -163,8 +163,8 @@ def read_tables_ratings(spark, tf):
     """Parsed ratings (schema ``SCHEMAS['ratings']``) of a ``tables`` ratings table, in the JVM.
 
     ``tf`` is a :class:`recsys.datasets.tables.TableFile` whose header was checked. Text
-    lines are split on the delimiter (one pair of surrounding double quotes is removed from
-    a field); a Parquet table's columns are read as text. Either way each field is then
+    lines are split on the delimiter (in CSV, one pair of surrounding double quotes is
+    removed from a field; TSV fields are taken as they are); a Parquet table's columns are read as text. Either way each field is then
     judged by the rules of :class:`recsys.datasets.tables.RowParser`, in the same order.
     """
     import re
@@ -200,9 +200,9 @@ def read_tables_ratings(spark, tf):
             fields.append(F.lit("").alias(f"_f_{name}"))
             continue
         v = F.trim(F.get(c("_parts"), pos[name]))
-        # one pair of surrounding double quotes, as RowParser removes them
-        v = F.when(v.startswith('"') & v.endswith('"') & (F.length(v) >= 2),
-                   F.trim(v.substr(F.lit(2), F.length(v) - 2))).otherwise(v)
+        if tf.kind == "csv":  # one pair of surrounding double quotes, as RowParser removes them
+            v = F.when(v.startswith('"') & v.endswith('"') & (F.length(v) >= 2),
+                       F.trim(v.substr(F.lit(2), F.length(v) - 2))).otherwise(v)
         fields.append(v.alias(f"_f_{name}"))
     df = df.select("file", "text", "_header", F.size("_parts").alias("_n"), *fields)
     m = tf.mapping
