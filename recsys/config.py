@@ -46,10 +46,78 @@ class DataConfig:
     """What the raw data is: a dataset name (for ``recsys data fetch``) and its file format."""
 
     dataset: str = "ml-100k"
-    format: str = field(default="auto", metadata=_choices("auto", "ml-100k", "ml-1m", "ml-latest", "recbole"))
+    format: str = field(default="auto", metadata=_choices("auto", "ml-100k", "ml-1m", "ml-latest", "recbole", "tables"))
     # Rating scale; ratings outside [rating_min, rating_max] are quarantined.
     rating_min: float = 1.0
     rating_max: float = 5.0
+    # format "tables": which files and columns hold the ratings, users and movies
+    tables: "TablesConfig" = field(default_factory=lambda: TablesConfig())
+
+
+@dataclass
+class TableFileConfig:
+    """One input table of the ``tables`` format: a CSV, TSV or Parquet file with a header."""
+
+    file: str = ""  # path, relative to paths.raw (or absolute); "" = no such table
+    kind: str = field(default="auto", metadata=_choices("auto", "csv", "tsv", "parquet"))  # auto: by extension
+    delimiter: str = ""  # field separator of a text table; "": "," for csv, tab for tsv
+    ignore: list[str] = field(default_factory=list)  # header columns deliberately left unused
+
+
+@dataclass
+class RatingsTableConfig(TableFileConfig):
+    """Column names of the ratings table (each must be in its header)."""
+
+    user_id: str = "user_id"
+    movie_id: str = "movie_id"
+    rating: str = "rating"
+    timestamp: str = "timestamp"  # "": no time column (every rating at time 0)
+    # "epoch" (Unix seconds) or a strptime pattern such as "%Y/%m/%d %H:%M", read in `timezone`
+    timestamp_format: str = "epoch"
+    timezone: str = "UTC"  # IANA zone of date strings, e.g. Asia/Shanghai
+
+
+@dataclass
+class UsersTableConfig(TableFileConfig):
+    """Column names of the optional users table; "" = the table has no such attribute."""
+
+    user_id: str = "user_id"
+    gender: str = ""  # category (any values, upper-cased)
+    age: str = ""  # years (bucketed by prepare.features.age_buckets)
+    occupation: str = ""  # category (a name or a code, lower-cased)
+    zip: str = ""  # postal code (its prefix is the feature)
+
+
+@dataclass
+class MoviesTableConfig(TableFileConfig):
+    """Column names of the optional movies table; "" = the table has no such attribute."""
+
+    movie_id: str = "movie_id"
+    title: str = ""
+    genres: str = ""
+    genre_separator: str = r"\|"  # a regular expression, e.g. "\\s+" for runs of spaces
+    year: str = ""  # release year column; "": a trailing "(1995)" in the title, if any
+
+
+@dataclass
+class TablesConfig:
+    """The ``tables`` format: ratings (required), users and movies (optional) with a column mapping."""
+
+    ratings: RatingsTableConfig = field(default_factory=RatingsTableConfig)
+    users: UsersTableConfig = field(default_factory=UsersTableConfig)
+    movies: MoviesTableConfig = field(default_factory=MoviesTableConfig)
+
+
+@dataclass
+class TitleTokensConfig:
+    """How titles become tokens, chosen per title by its script (recorded in the manifest)."""
+
+    # letters: runs of Unicode letters/digits (any script written with spaces);
+    # latin: runs of [0-9a-zà-ÿ] only
+    words: str = field(default="letters", metadata=_choices("letters", "latin"))
+    # runs of Chinese, Japanese or Korean characters: bigram (overlapping character pairs),
+    # unigram (single characters) or none (a run is one word)
+    cjk: str = field(default="bigram", metadata=_choices("bigram", "unigram", "none"))
 
 
 @dataclass
@@ -77,6 +145,7 @@ class FeaturesConfig:
     # Lower bounds of the age buckets (ML-1M's own buckets); raw ages are bucketed with them.
     age_buckets: list[int] = field(default_factory=lambda: [1, 18, 25, 35, 45, 50, 56])
     year_bucket_width: int = 5  # release years are grouped into buckets this many years wide
+    title_tokens: TitleTokensConfig = field(default_factory=TitleTokensConfig)
 
 
 @dataclass
@@ -462,8 +531,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     cfg = _build(Config, data, "", where)
     cfg.source = where
     _validate(cfg, where)
+    _validate_tables(cfg, where)
     _resolve_paths(cfg.paths, where)
     return cfg
+
+
+def _validate_tables(cfg: Config, where: str) -> None:
+    """The ``tables`` mapping: a ratings file, a known time zone and pattern, a valid separator."""
+    if cfg.data.format != "tables":
+        return
+    from recsys.datasets.tables import check_mapping
+
+    try:
+        check_mapping(cfg.data.tables)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _resolve_paths(paths: PathsConfig, where: str) -> None:

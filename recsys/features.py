@@ -25,7 +25,13 @@ FIRST_ID = 2
 ENC = "enc_"  # prefix of the encoded feature columns in the prepared users/movies Parquet tables
 
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
-_TOKEN = re.compile(r"[0-9a-zà-öø-ÿ]+(?:'[a-z]+)?")
+_TOKEN = re.compile(r"[0-9a-zà-öø-ÿ]+(?:'[a-z]+)?")  # words: "latin"
+_LETTERS = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # words: "letters" (any script written with spaces)
+# Scripts written without spaces: kana, CJK ideographs (with extension A and B), Hangul.
+_CJK_RUN = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                      "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af\uff66-\uff9f\U00020000-\U0002a6df]+")
+# The tokenizer of a manifest written before tokenizer settings were recorded.
+LEGACY_TITLE_TOKENS = {"words": "latin", "cjk": "none"}
 
 
 def _missing(value) -> bool:
@@ -38,13 +44,41 @@ def _missing(value) -> bool:
         return True
 
 
-def title_tokens(title: str) -> list[str]:
-    """Lower-cased word tokens of a title, without the trailing ``(1995)``.
+def title_tokens(title: str, scheme: dict | None = None) -> list[str]:
+    """Lower-cased tokens of a title, without the trailing ``(1995)``, fitting its script.
+
+    ``scheme`` is ``prepare.features.title_tokens`` as recorded in the manifest (None: the
+    legacy Latin-word tokenizer). Text in scripts written with spaces gives word tokens;
+    each run of Chinese, Japanese or Korean characters gives overlapping character
+    bigrams (``cjk: bigram``; a one-character run is itself), single characters
+    (``unigram``) or one token (``none``). A title without such characters gets exactly
+    the word tokens, so the choice is made per title.
 
     >>> title_tokens("Misérables, Les (1995)")
     ['misérables', 'les']
+    >>> title_tokens("大话西游 Chinese Odyssey", {"words": "letters", "cjk": "bigram"})
+    ['大话', '话西', '西游', 'chinese', 'odyssey']
     """
-    return [] if _missing(title) else _TOKEN.findall(_YEAR_SUFFIX.sub("", str(title)).lower())
+    if _missing(title):
+        return []
+    scheme = scheme or LEGACY_TITLE_TOKENS
+    words = _LETTERS if scheme.get("words", "latin") == "letters" else _TOKEN
+    cjk = scheme.get("cjk", "none")
+    text = _YEAR_SUFFIX.sub("", str(title)).lower()
+    if cjk == "none" or not _CJK_RUN.search(text):
+        return words.findall(text)
+    out: list[str] = []
+    pos = 0
+    for run in _CJK_RUN.finditer(text):
+        out.extend(words.findall(text[pos:run.start()]))
+        chars = run.group()
+        if cjk == "unigram" or len(chars) == 1:
+            out.extend(chars)
+        else:
+            out.extend(chars[i:i + 2] for i in range(len(chars) - 1))
+        pos = run.end()
+    out.extend(words.findall(text[pos:]))
+    return out
 
 
 def split_genres(genres: str | None) -> list[str]:
@@ -224,11 +258,17 @@ class FeatureEncoder:
     zip_prefix_length: int
     age_buckets: list[int]
     year_bucket_width: int
+    title_scheme: dict = field(default_factory=lambda: dict(LEGACY_TITLE_TOKENS))  # see title_tokens
 
     @classmethod
     def from_settings(cls, vocabs: Vocabularies, settings: dict) -> "FeatureEncoder":
         return cls(vocabs, settings["title_length"], settings["max_genres"], settings["zip_prefix_length"],
-                   list(settings["age_buckets"]), settings["year_bucket_width"])
+                   list(settings["age_buckets"]), settings["year_bucket_width"],
+                   dict(settings.get("title_tokens") or LEGACY_TITLE_TOKENS))
+
+    def title_tokens(self, title) -> list[str]:
+        """The title's tokens by the manifest's tokenizer settings (the same at prepare and serving)."""
+        return title_tokens(title, self.title_scheme)
 
     def user(self, user_id, gender, age, occupation, zipcode) -> dict[str, int]:
         """User features; ``user_id=None`` (a new user) maps to the OOV id."""
@@ -247,7 +287,7 @@ class FeatureEncoder:
         return {
             "movie_id": v["movie_id"].id(movie_id),
             "genres": v["genres"].ids(split_genres(genres), self.max_genres),
-            "title_words": v["title_words"].ids(title_tokens(title), self.title_length),
+            "title_words": v["title_words"].ids(self.title_tokens(title), self.title_length),
             "year_bucket": v["year_bucket"].id(year_bucket(year, self.year_bucket_width)),
         }
 
@@ -287,9 +327,10 @@ def build_vocabularies(users: Iterable[dict], movies: Iterable[dict], settings: 
     cold-start test sets are encoded exactly like a brand-new user or movie at serving.
     """
     users, movies = list(users), list(movies)
+    scheme = settings.get("title_tokens") or LEGACY_TITLE_TOKENS
     words: list[str] = []
     for m in movies:
-        words.extend(title_tokens(m["title"]))
+        words.extend(title_tokens(m["title"], scheme))
     genres: list[str] = []
     for m in movies:
         genres.extend(split_genres(m["genres"]))

@@ -126,3 +126,39 @@ def read_movielens(directory: str | Path, format: str = "auto") -> MovieLensTabl
         ids = sorted(ratings["user_id"].unique())
         users = _frame([(int(u), None, None, None, None) for u in ids], "users")
     return MovieLensTables(spec.name, ratings, users, reads["movies"].frame, reads)
+
+
+def read_tables(directory: str | Path, tables) -> MovieLensTables:
+    """Read a ``tables``-format dataset (``data.tables`` mapping) into the canonical tables.
+
+    Without a users table the users are the rated ids (attributes unknown); without a
+    movies table the movies are the rated ids (no title, genres or year).
+    Raises :class:`DataError` for a missing file, a header that disagrees with the mapping,
+    or a ratings table without data lines.
+    """
+    from recsys.datasets.tables import table_files, iter_rows
+
+    reads: dict[str, TableRead] = {}
+    for table, tf in table_files(directory, tables).items():
+        if tf is None:
+            continue
+        result, rows = TableRead(file=str(tf.path), frame=pd.DataFrame()), []
+        for number, (status, reason, detail, text, row) in enumerate(iter_rows(tf), start=1):
+            if status == "header":
+                result.header_lines += 1
+                continue
+            result.rows_read += 1
+            if status == "rejected":
+                result.rejected.append({"line": number, "reason": reason, "detail": detail, "text": text})
+            else:
+                rows.append(row)
+        result.frame = _frame(rows, table)
+        reads[table] = result
+    if reads["ratings"].rows_read == 0:
+        raise DataError(f"{reads['ratings'].file}: the ratings file has no data lines")
+    ratings = reads["ratings"].frame
+    users = reads["users"].frame if "users" in reads else _frame(
+        [(int(u), None, None, None, None) for u in sorted(ratings["user_id"].unique())], "users")
+    movies = reads["movies"].frame if "movies" in reads else _frame(
+        [(int(m), "", "", None) for m in sorted(ratings["movie_id"].unique())], "movies")
+    return MovieLensTables("tables", ratings, users, movies, reads)

@@ -18,7 +18,7 @@ def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: fl
     Args:
         parsed: DataFrame from :func:`recsys.prepare.reading.read_table` (ratings).
         user_ids: DataFrame(user_id) of valid users, or None when the format has no users file.
-        movie_ids: DataFrame(movie_id) of valid movies.
+        movie_ids: DataFrame(movie_id) of valid movies, or None when there is no movies table.
         broadcast_limit: at most this many repeated (user, movie) pairs are broadcast to
             the duplicate check (about 16 bytes each); more are joined by a shuffle.
     Duplicates of a (user, movie) pair keep the latest rating by timestamp (ties: the
@@ -37,10 +37,11 @@ def clean_ratings(parsed, user_ids, movie_ids, rating_min: float, rating_max: fl
         df = df.join(F.broadcast(known), "user_id", "left")
         df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_user_known").isNull(),
                                             F.lit("unknown_user")).otherwise(F.col("reason"))).drop("_user_known")
-    known_m = movie_ids.select("movie_id", F.lit(True).alias("_movie_known"))
-    df = df.join(F.broadcast(known_m), "movie_id", "left")
-    df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_movie_known").isNull(),
-                                        F.lit("unknown_movie")).otherwise(F.col("reason"))).drop("_movie_known")
+    if movie_ids is not None:
+        known_m = movie_ids.select("movie_id", F.lit(True).alias("_movie_known"))
+        df = df.join(F.broadcast(known_m), "movie_id", "left")
+        df = df.withColumn("reason", F.when(F.col("reason").isNull() & F.col("_movie_known").isNull(),
+                                            F.lit("unknown_movie")).otherwise(F.col("reason"))).drop("_movie_known")
     # Duplicates among rows still kept. Most pairs occur once, so find the repeated pairs
     # with a cheap aggregation first and rank (sort) only the rows of those pairs. When
     # they are few (the usual case; none in MovieLens), they are broadcast to the join, so

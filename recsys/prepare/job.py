@@ -54,6 +54,13 @@ class _Log:
 
 def _input_files(cfg: Config) -> tuple[str, dict[str, Path | None]]:
     raw = Path(cfg.paths.raw)
+    if cfg.data.format == "tables":
+        from recsys.datasets.tables import table_files
+
+        if not raw.is_dir():
+            raise DataError(f"raw data directory not found: {raw} (paths.raw; data.tables files are relative to it)")
+        tables = table_files(raw, cfg.data.tables)  # headers checked against the mapping here
+        return "tables", {t: (tf.path if tf else None) for t, tf in tables.items()}
     spec = detect_format(raw, cfg.data.format)
     files: dict[str, Path | None] = {}
     for table in TABLES:
@@ -95,12 +102,22 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    spec = FORMATS[fmt]
     pc = cfg.prepare
     settings = dataclasses.asdict(pc.features)
 
     # ---------------------------------------------------------------- read
-    parsed = {t: reading.read_table(spark, spec, t, p) for t, p in files.items() if p is not None}
+    if fmt == "tables":
+        from recsys.datasets.tables import DESCRIPTION, read_dimension, table_files
+
+        description = DESCRIPTION
+        mapped = table_files(cfg.paths.raw, cfg.data.tables)
+        parsed = {"ratings": reading.read_tables_ratings(spark, mapped["ratings"])}
+        dims = {t: read_dimension(tf) for t, tf in mapped.items() if t != "ratings" and tf is not None}
+    else:
+        spec = FORMATS[fmt]
+        description = spec.description
+        parsed = {t: reading.read_table(spark, spec, t, p) for t, p in files.items() if p is not None}
+        dims = {}
     # Stage to Parquet between the heavy steps instead of caching: each step then reads only
     # the columns it needs, and nothing (Python parsing included) is recomputed when memory
     # runs short at scale. The stage directory is removed before the output is renamed.
@@ -115,18 +132,22 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
     ratings_parsed = spark.read.parquet(str(stage / "parsed"))
     if rating_lines == 0:
         raise DataError(f"{files['ratings']}: the ratings file has no data lines")
-    dims = {t: parsed[t].toPandas() for t in ("users", "movies") if t in parsed}
+    dims.update({t: parsed[t].toPandas() for t in ("users", "movies") if t in parsed})
     log("read", f"{rating_lines:,} rating lines, " + ", ".join(f"{len(v):,} {k} lines" for k, v in dims.items()))
 
     # ---------------------------------------------------------------- clean
-    movies, movies_rej = cleaning.clean_dimension(dims["movies"], "movie_id")
+    if "movies" in dims:
+        movies, movies_rej = cleaning.clean_dimension(dims["movies"], "movie_id")
+        movie_ids = spark.createDataFrame(movies[["movie_id"]])
+    else:
+        movies_rej = None
+        movie_ids = None
     if "users" in dims:
         users, users_rej = cleaning.clean_dimension(dims["users"], "user_id")
         user_ids = spark.createDataFrame(users[["user_id"]])
     else:
         users_rej = None
         user_ids = None
-    movie_ids = spark.createDataFrame(movies[["movie_id"]])
     cleaned, repeated_pairs = cleaning.clean_ratings(
         ratings_parsed, user_ids, movie_ids, cfg.data.rating_min, cfg.data.rating_max, pc.min_ratings_per_movie,
         pc.min_ratings_per_user, pc.duplicate_broadcast_limit)
@@ -161,16 +182,20 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
                 else spark.createDataFrame([], reading.STATUS_FIELDS))
     log("clean", f"{rating_lines - n_rejected:,} ratings kept, {n_rejected:,} quarantined")
     if n_rejected == rating_lines:
-        raise DataError(_nothing_kept(files["ratings"], rejected, spec))
+        raise DataError(_nothing_kept(files["ratings"], rejected, description))
     split_counts = {name: stats[name] for name in splitting.SPLITS if stats[name]}
     if not stats["train"]:
         raise DataError(f"{files['ratings']}: no ratings left for training after cleaning and splitting")
     train = spark.read.parquet(str(stage / "split" / "split=train"))
-    if user_ids is None:  # ml-latest: the users are the rated ids, demographics unknown
-        kept_splits = [str(stage / "split" / f"split={name}") for name in split_counts]
+    kept_splits = [str(stage / "split" / f"split={name}") for name in split_counts]
+    if user_ids is None:  # ml-latest, tables without users: the users are the rated ids, demographics unknown
         ids = sorted(_distinct(spark.read.parquet(*kept_splits), "user_id"))
         users = pd.DataFrame({"user_id": ids, "gender": None, "age": None, "occupation": None, "zip": None,
                               "file": None, "text": None})
+    if movie_ids is None:  # tables without movies: the movies are the rated ids, with no title, genres or year
+        ids = sorted(_distinct(spark.read.parquet(*kept_splits), "movie_id"))
+        movies = pd.DataFrame({"movie_id": pd.Series(ids, dtype="int64"), "title": "", "genres": "",
+                               "year": pd.Series([None] * len(ids), dtype="Int32"), "file": None, "text": None})
     log("split", f"{sc.strategy}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(split_counts.items())))
 
     # ---------------------------------------------------------------- vocabularies and encoding
@@ -261,7 +286,8 @@ def _prepare_into(spark, cfg: Config, fmt: str, files: dict[str, Path | None], o
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "recsys_version": __version__,
         "source": {"format": fmt, "raw_dir": str(cfg.paths.raw),
-                   "files": {t: {"path": str(p), "sha256": sha256_file(p)} for t, p in files.items() if p}},
+                   "files": {t: {"path": str(p), "sha256": sha256_file(p) if p.is_file() else None}
+                             for t, p in files.items() if p}},
         "config": {"data": dataclasses.asdict(cfg.data), "prepare": dataclasses.asdict(pc)},
         "features": spec_json,
         "feature_settings": settings,
@@ -288,13 +314,13 @@ def _distinct(df, column: str) -> list[int]:
     return [r[0] for r in df.select(column).distinct().collect()]
 
 
-def _nothing_kept(path: Path, rejected, spec) -> str:
+def _nothing_kept(path: Path, rejected, description: str) -> str:
     """The message when cleaning rejected every rating line: reasons, counts and a sample line."""
     reasons = {r["reason"]: r["count"] for r in rejected.groupBy("reason").count().collect()}
     sample = rejected.select("text").first() if "text" in rejected.columns else None
     where = f"; for example {sample['text']!r}" if sample else ""
     listed = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    return (f"{path}: every rating line was quarantined ({listed}){where}. Is this {spec.description}? "
+    return (f"{path}: every rating line was quarantined ({listed}){where}. Is this {description}? "
             "Check data.format and the file itself")
 
 

@@ -157,3 +157,88 @@ def read_table(spark, spec: FormatSpec, table: str, path: Path):
     if table == "ratings":
         return parse_ratings_native(lines, spec.name)
     return lines.mapInArrow(_parser(spec.name, table), SCHEMAS[table])
+
+
+def read_tables_ratings(spark, tf):
+    """Parsed ratings (schema ``SCHEMAS['ratings']``) of a ``tables`` ratings table, in the JVM.
+
+    ``tf`` is a :class:`recsys.datasets.tables.TableFile` whose header was checked. Text
+    lines are split on the delimiter (in CSV, one pair of surrounding double quotes is
+    removed from a field; TSV fields are taken as they are); a Parquet table's columns are read as text. Either way each field is then
+    judged by the rules of :class:`recsys.datasets.tables.RowParser`, in the same order.
+    """
+    import re
+
+    from pyspark.sql import functions as F
+
+    from recsys.datasets.tables import read_header, spark_pattern
+
+    header = read_header(tf)
+    cols = tf.columns()
+    pos = {name: header.index(col) for name, col in cols.items()}
+    c = F.col
+    if tf.kind == "parquet":
+        raw = spark.read.parquet(str(tf.path.resolve()))
+        as_text = [F.coalesce(c(f"`{h}`").cast("string"), F.lit("")) for h in header]
+        df = raw.select(F.input_file_name().alias("file"), F.concat_ws(tf.delimiter, *as_text).alias("text"),
+                        F.array(*as_text).alias("_parts"), F.lit(False).alias("_header"))
+    else:
+        from recsys.datasets.tables import header_line
+
+        lines = read_lines(spark, str(tf.path.resolve()))
+        raw_line = c("line")
+        line = F.when(raw_line.startswith(_BOM_AS_LATIN1),
+                      raw_line.substr(F.lit(len(_BOM_AS_LATIN1) + 1), F.length(raw_line))).otherwise(raw_line)
+        df = (lines.filter(~raw_line.rlike(r"^\s*$"))
+              .select("file", line.alias("text"))
+              .select("file", "text", F.split("text", re.escape(tf.delimiter), -1).alias("_parts"),
+                      (c("text") == F.lit(header_line(tf))).alias("_header")))
+    need = ("user_id", "movie_id", "rating", "timestamp")
+    fields = []
+    for name in need:
+        if name not in pos:
+            fields.append(F.lit("").alias(f"_f_{name}"))
+            continue
+        v = F.trim(F.get(c("_parts"), pos[name]))
+        if tf.kind == "csv":  # one pair of surrounding double quotes, as RowParser removes them
+            v = F.when(v.startswith('"') & v.endswith('"') & (F.length(v) >= 2),
+                       F.trim(v.substr(F.lit(2), F.length(v) - 2))).otherwise(v)
+        fields.append(v.alias(f"_f_{name}"))
+    df = df.select("file", "text", "_header", F.size("_parts").alias("_n"), *fields)
+    m = tf.mapping
+    if "timestamp" not in pos:
+        ts = F.lit(0.0)
+    elif m.timestamp_format == "epoch":
+        ts = c("_f_timestamp").try_cast("double")
+    else:
+        pattern = spark_pattern(m.timestamp_format) + " VV"
+        ts = F.try_to_timestamp(F.concat(c("_f_timestamp"), F.lit(" " + m.timezone)), F.lit(pattern)).cast("double")
+    df = df.select("*", c("_f_user_id").try_cast("long").alias("_uid"), c("_f_movie_id").try_cast("long").alias("_mid"),
+                   c("_f_rating").try_cast("double").alias("_rating"), ts.alias("_ts"))
+    f = {name: c(f"_f_{name}") for name in need}
+    uid, mid, rating, ts = c("_uid"), c("_mid"), c("_rating"), c("_ts")
+    bad_num = lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))  # noqa: E731
+    ts_check = F.lit(False) if "timestamp" not in pos else (
+        bad_num(ts) | (ts < 0) | (ts > 1e11) if m.timestamp_format == "epoch" else ts.isNull())
+    width = len(header)
+    reason = (
+        F.when(c("_n") != width, F.lit("wrong_field_count"))
+        .when(f["user_id"] == "", "missing_field").when(uid.isNull() | (uid < 0), "bad_id")
+        .when(f["movie_id"] == "", "missing_field").when(mid.isNull() | (mid < 0), "bad_id")
+        .when(f["rating"] == "", "missing_field").when(bad_num(rating), "bad_rating")
+        .when(F.lit("timestamp" in pos) & (f["timestamp"] == ""), "missing_field").when(ts_check, "bad_timestamp")
+    )
+    df = df.select("file", "text", reason.alias("reason"), "_header", uid.alias("user_id"), mid.alias("movie_id"),
+                   rating.alias("rating"), ts.alias("_ts"), "_n")
+    ok = c("reason").isNull() & ~c("_header")
+    return df.select(
+        "file",
+        F.when(c("_header"), "header").when(c("reason").isNull(), "ok").otherwise("rejected").alias("status"),
+        F.when(~c("_header"), c("reason")).alias("reason"),
+        F.when(c("reason") == "wrong_field_count",
+               F.concat(F.lit(f"ratings: expected {width} fields separated by {tf.delimiter!r}, got "),
+                        c("_n").cast("string"))).alias("detail"),
+        "text",
+        F.when(ok, c("user_id")).alias("user_id"), F.when(ok, c("movie_id")).alias("movie_id"),
+        F.when(ok, c("rating")).alias("rating"), F.when(ok, c("_ts").cast("long")).alias("timestamp"),
+    )
