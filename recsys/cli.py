@@ -184,7 +184,7 @@ def prepare_cmd(config_path, overrides, master):
 @main.command("evaluate")
 @config_option
 @set_option
-@click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark ALS).")
+@click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark MLlib ALS explicit and implicit).")
 @click.option("--compare", "compare", multiple=True, metavar="LABEL=MODEL_DIR",
               help="Also evaluate another trained model on the same split (repeatable), e.g. "
                    "--compare 'rating loss only=runs/ml-100k/model-rating'.")
@@ -206,7 +206,7 @@ def evaluate_cmd(config_path, overrides, fast, compare):
         if not (Path(model_dir) / "model.json").is_file():
             raise ConfigError(f"--compare {item!r}: no trained model (model.json) in {model_dir}")
         models[label] = model_dir
-    evaluate(cfg.paths.prepared, models, cfg.paths.report, include_slow=not fast)
+    evaluate(cfg.paths.prepared, models, cfg.paths.report, include_slow=not fast, settings=cfg.evaluate)
     click.echo((Path(cfg.paths.report) / "report.md").read_text())
     click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
 
