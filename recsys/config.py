@@ -213,7 +213,7 @@ class EaseConfig:
 class ItemKnnConfig:
     """ItemKNN on implicit feedback (cosine of binary movie columns); ``neighbours`` is its grid."""
 
-    neighbours: list[int] = field(default_factory=lambda: [10, 25, 50, 100, 200])
+    neighbours: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
     block_items: int = 2048  # candidate movies whose similarity column is computed at once
 
 
@@ -221,9 +221,9 @@ class ItemKnnConfig:
 class ImplicitAlsConfig:
     """Spark MLlib ALS with implicitPrefs=True on binary interactions; the lists are its grid."""
 
-    ranks: list[int] = field(default_factory=lambda: [32, 64])
-    regs: list[float] = field(default_factory=lambda: [0.01, 0.1])
-    alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    ranks: list[int] = field(default_factory=lambda: [16, 32])
+    regs: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    alphas: list[float] = field(default_factory=lambda: [0.25, 1.0])
     iters: int = 15
 
 
