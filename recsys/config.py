@@ -151,6 +151,7 @@ class TrainConfig:
     mixed_precision: bool = False  # GPU only: float16 compute, float32 variables
     threads_per_rank: int = 0  # 0: cores / ranks
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    deterministic: bool = False  # reproducible runs for a fixed seed and rank count (TF op determinism; slower)
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
 
 

@@ -50,13 +50,14 @@ def shard_files_for_rank(shards: list[dict], prepared: Path, rank: int, size: in
 
 def make_dataset(files: list[str], features: list[dict], batch_records: int, *, shuffle_buffer: int = 0,
                  seed: int = 0, record_shard: tuple[int, int] | None = None, repeat: bool = False,
-                 threads: int = 2):
+                 threads: int = 2, deterministic: bool = False):
     """tf.data pipeline: interleaved reads, shuffle (records), batch, parse after batching, prefetch.
 
     ``record_shard=(rank, size)`` keeps every ``size``-th record of each file, starting at
     ``rank`` (inside each file, so the shares are disjoint whatever order the interleave takes).
     Yields ``(features dict, rating)`` batches of ``batch_records`` records each
-    (``batch_records * examples_per_record`` examples).
+    (``batch_records * examples_per_record`` examples). ``deterministic``: the interleave keeps
+    its order even while shuffling (reproducible runs, see ``train.deterministic``).
     """
     import tensorflow as tf
 
@@ -70,7 +71,7 @@ def make_dataset(files: list[str], features: list[dict], batch_records: int, *, 
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(read, cycle_length=max(1, min(len(files), threads)),
-                       num_parallel_calls=threads, deterministic=not shuffle_buffer)
+                       num_parallel_calls=threads, deterministic=deterministic or not shuffle_buffer)
     if repeat:
         ds = ds.repeat()
     if shuffle_buffer:
@@ -289,7 +290,7 @@ class Trainer:
         files, by_record = shard_files_for_rank(self.manifest["splits"]["train"]["shards"], self.prepared, rank, size)
         train_ds = make_dataset(files, self.features, self.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
                                 seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
-                                repeat=True, threads=self.threads)
+                                repeat=True, threads=self.threads, deterministic=cfg.train.deterministic)
         valid_ds = make_dataset(self.valid_files, self.features, max(1, 8192 // self.manifest["examples_per_record"]),
                                 record_shard=(rank, size), threads=self.threads)
         return iter(train_ds), valid_ds
@@ -524,7 +525,12 @@ def train(cfg: Config, resume: bool = False, max_steps: int | None = None) -> di
     threads = cfg.train.threads_per_rank or max(1, (os.cpu_count() or 2) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
-    tf.random.set_seed(cfg.train.seed + hvd.rank())
+    # seeds TF, NumPy and Python's random (Keras draws unseeded initializer and dropout seeds from it)
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(cfg.train.seed + hvd.rank())
+    if cfg.train.deterministic:  # same seed, same ranks -> the same weights (bench/bench_quality.py checks it)
+        tf.config.experimental.enable_op_determinism()
 
     trainer = Trainer(cfg, threads, max_steps)
     return trainer.fit_elastic(resume) if is_elastic() else trainer.fit(resume)
