@@ -220,3 +220,64 @@ def test_implicit_als_ranks_the_users_own_taste_group_first():
         held = (u % 6) + (0 if u < 10 else 6)
         other = np.arange(6, 12) if u < 10 else np.arange(6)
         assert s[u, held] > s[u, other].max()
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_every_baseline_takes_its_settings_from_the_config():
+    from pathlib import Path
+
+    from recsys.config import load_config
+    from recsys.evaluation import Bias, NeighbourCF, SparkALS, SurpriseModel, baselines
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "conf/ml-100k.yaml", [
+        "evaluate.bias.reg=3.0", "evaluate.rating_knn.neighbours=7", "evaluate.svd.factors=11",
+        "evaluate.als.rank=5", "evaluate.ease.lambdas=[10.0, 20.0]", "evaluate.item_knn.neighbours=[3]",
+        "evaluate.implicit_als.ranks=[4]", "evaluate.implicit_als.regs=[0.2]", "evaluate.implicit_als.alphas=[2.0, 4.0]",
+        "evaluate.seed=9"])
+    recs = {r.label: r for r in baselines(True, cfg.evaluate)}
+    assert isinstance(recs["user+item bias"], Bias) and recs["user+item bias"].reg == 3.0
+    assert isinstance(recs["item-based KNN (ratings, cosine)"], NeighbourCF) and recs["item-based KNN (ratings, cosine)"].k == 7
+    svd = recs["Surprise SVD"]
+    assert isinstance(svd, SurpriseModel) and svd.params["n_factors"] == 11 and svd.seed == 9
+    als = recs["Spark MLlib ALS (explicit)"]
+    assert isinstance(als, SparkALS) and als.rank == 5 and als.seed == 9
+    assert recs["EASE"].grid == [{"lam": 10.0}, {"lam": 20.0}]
+    assert recs["ItemKNN (implicit, cosine)"].grid == [{"neighbours": 3}]
+    ials = recs["Spark MLlib ALS (implicit)"]
+    assert ials.grid == [{"rank": 4, "reg": 0.2, "alpha": 2.0}, {"rank": 4, "reg": 0.2, "alpha": 4.0}]
+    assert ials.make(**ials.grid[1]).alpha == 4.0 and ials.make(**ials.grid[1]).seed == 9
+    kinds = {label: r.kind for label, r in recs.items()}
+    assert kinds["Surprise SVD"] == "rating prediction" and kinds["EASE"] == "top-k" and kinds["popularity"] == "top-k"
+    # the fast set leaves out only the slow ones
+    assert set(recs) - {r.label for r in baselines(False, cfg.evaluate)} == {
+        "Surprise SVD++", "Spark MLlib ALS (explicit)", "Spark MLlib ALS (implicit)"}
+
+
+def test_the_msr_protocol_config_is_a_per_user_75_25_split():
+    from pathlib import Path
+
+    from recsys.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    msr, default = load_config(root / "conf/ml-100k-msr.yaml"), load_config(root / "conf/ml-100k.yaml")
+    split = msr.prepare.split
+    assert (split.strategy, split.test_fraction) == ("user_stratified", 0.25) and split.validation_fraction > 0
+    assert msr.paths.raw == default.paths.raw and msr.paths.prepared != default.paths.prepared
+    assert msr.paths.model != default.paths.model and msr.paths.report != default.paths.report
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("evaluate.ease.lambdas=[]", "evaluate.ease.lambdas"),
+    ("evaluate.item_knn.neighbours=[0]", "evaluate.item_knn.neighbours"),
+    ("evaluate.tune_metric=auc", "evaluate.tune_metric"),
+    ("evaluate.liked_share=0", "evaluate.liked_share"),
+])
+def test_bad_evaluate_settings_name_the_key(override, fragment):
+    from recsys.config import load_config
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, [override])
