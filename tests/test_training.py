@@ -144,3 +144,19 @@ def test_horovodrun_two_ranks_with_gloo():
     assert proc.stdout.count("SIZE 2") == 2
     check = subprocess.run([os.path.join(BIN, "horovodrun"), "--check-build"], capture_output=True, text=True)
     assert "[X] TensorFlow" in check.stdout and "[X] Gloo" in check.stdout
+
+
+def test_fixed_seed_on_one_rank_is_reproducible(prepared, tmp_path):
+    # train.deterministic: the same seed on one rank gives the same run, number for number;
+    # another seed gives another run (so the comparison can fail)
+    base, overrides = prepared
+    histories = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / name, "--set", "train.epochs=1",
+                                         "--set", "train.deterministic=true", "--set", f"train.seed={seed}"),
+                              env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hist = json.loads((tmp_path / name / "model.json").read_text())["history"]
+        histories.append([(h["train_rmse"], h["valid_rmse"]) for h in hist])
+    assert histories[0] == histories[1]
+    assert histories[0] != histories[2]
