@@ -207,7 +207,7 @@ def prepare_cmd(config_path, overrides, master):
 @main.command("evaluate")
 @config_option
 @set_option
-@click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark ALS).")
+@click.option("--fast", is_flag=True, help="Skip the slow baselines (Surprise SVD++, Spark MLlib ALS explicit and implicit).")
 @click.option("--compare", "compare", multiple=True, metavar="LABEL=DIR",
               help="Also evaluate another trained model on the same split (repeatable): DIR is its serving "
                    "directory, or its model directory (exported and indexed with this config's index settings "
@@ -231,7 +231,7 @@ def evaluate_cmd(config_path, overrides, fast, compare):
             if not sep or not label or not directory:
                 raise ConfigError(f"--compare {item!r}: expected LABEL=DIR")
             served[label] = served_directory(directory, cfg, Path(work) / f"compare-{i}")
-        evaluate(cfg.paths.prepared, served, cfg.paths.report, include_slow=not fast)
+        evaluate(cfg.paths.prepared, served, cfg.paths.report, include_slow=not fast, settings=cfg.evaluate)
     click.echo((Path(cfg.paths.report) / "report.md").read_text())
     click.echo(f"metrics: {Path(cfg.paths.report) / 'metrics.json'}; plots in {cfg.paths.report}")
 

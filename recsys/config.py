@@ -243,6 +243,7 @@ class TrainConfig:
     xla: bool = False  # precision: compile the forward pass and its gradient with XLA (jit_compile)
     threads_per_rank: int = 0  # 0: cores / ranks
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    deterministic: bool = False  # reproducible runs for a fixed seed and rank count (TF op determinism; slower)
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
     validation_users: int = 2000  # users scored for a ranking validation metric (ndcg@10), a fixed seeded sample
 
@@ -260,6 +261,88 @@ class IndexConfig:
 
 
 @dataclass
+class BiasBaselineConfig:
+    """The user+item bias rating baseline (mu + b_u + b_m, ridge by alternating least squares)."""
+
+    reg: float = 10.0  # ridge on every bias, in pseudo-ratings
+    iters: int = 10
+
+
+@dataclass
+class RatingKnnConfig:
+    """Rating-prediction KNN (user- and item-based, cosine on mean-centred ratings)."""
+
+    neighbours: int = 40
+    max_cells: int = 50_000_000  # it holds users x movies dense: skipped above this many cells
+
+
+@dataclass
+class SurpriseSvdConfig:
+    """Surprise SVD / SVD++ (rating prediction by SGD)."""
+
+    factors: int = 100
+    epochs: int = 20
+    learning_rate: float = 0.005
+    reg: float = 0.02
+
+
+@dataclass
+class RatingAlsConfig:
+    """Spark MLlib ALS on explicit ratings (rating prediction)."""
+
+    rank: int = 16
+    reg: float = 0.1
+    iters: int = 15
+
+
+@dataclass
+class EaseConfig:
+    """EASE (Steck 2019): closed-form item-item model; ``lambdas`` is its tuning grid."""
+
+    lambdas: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 500.0, 1000.0])
+    max_items: int = 20_000  # it inverts a movies x movies float64 matrix: skipped above this
+
+
+@dataclass
+class ItemKnnConfig:
+    """ItemKNN on implicit feedback (cosine of binary movie columns); ``neighbours`` is its grid."""
+
+    neighbours: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
+    block_items: int = 2048  # candidate movies whose similarity column is computed at once
+
+
+@dataclass
+class ImplicitAlsConfig:
+    """Spark MLlib ALS with implicitPrefs=True on binary interactions; the lists are its grid."""
+
+    ranks: list[int] = field(default_factory=lambda: [16, 32])
+    regs: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    alphas: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    iters: int = 15
+
+
+@dataclass
+class EvaluateConfig:
+    """``recsys evaluate``: the protocol knobs and every baseline's settings and tuning grid."""
+
+    block_users: int = 256  # users scored at once: bounds every users x movies score block
+    liked_share: float = 0.75  # the "liked" relevance variant: rated >= min + share * (max - min)
+    tune_metric: str = field(default="ndcg@10", metadata=_choices(
+        "ndcg@10", "recall@10", "map@10", "precision@10", "hit_rate@10"))
+    seed: int = 0  # seed of the stochastic baselines (SVD, SVD++, ALS)
+    spark_master: str = "local[2]"  # Spark for the ALS baselines
+    spark_driver_memory: str = "2g"
+    bias: BiasBaselineConfig = field(default_factory=BiasBaselineConfig)
+    rating_knn: RatingKnnConfig = field(default_factory=RatingKnnConfig)
+    svd: SurpriseSvdConfig = field(default_factory=SurpriseSvdConfig)
+    svdpp: SurpriseSvdConfig = field(default_factory=lambda: SurpriseSvdConfig(factors=20, learning_rate=0.007))
+    als: RatingAlsConfig = field(default_factory=RatingAlsConfig)
+    ease: EaseConfig = field(default_factory=EaseConfig)
+    item_knn: ItemKnnConfig = field(default_factory=ItemKnnConfig)
+    implicit_als: ImplicitAlsConfig = field(default_factory=ImplicitAlsConfig)
+
+
+@dataclass
 class Config:
     """The whole configuration of one pipeline run."""
 
@@ -270,6 +353,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # Where this config came from (not a YAML key).
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -481,6 +565,21 @@ def _validate(cfg: Config, where: str) -> None:
         (bool(cfg.prepare.master.strip()), "prepare.master", "is empty; give a Spark master such as local[2]"),
         (bool(cfg.prepare.driver_memory.strip()), "prepare.driver_memory", "is empty; give a size such as 2g"),
         (bool(cfg.index.approximate.strip()), "index.approximate", "is empty; give a FAISS factory string such as HNSW32"),
+        (cfg.evaluate.block_users >= 1, "evaluate.block_users", "must be at least 1"),
+        (0.0 < cfg.evaluate.liked_share <= 1.0, "evaluate.liked_share", "must be in (0, 1]"),
+        (len(cfg.evaluate.ease.lambdas) > 0 and min(cfg.evaluate.ease.lambdas, default=0) > 0,
+         "evaluate.ease.lambdas", "must be a non-empty list of positive numbers"),
+        (len(cfg.evaluate.item_knn.neighbours) > 0 and min(cfg.evaluate.item_knn.neighbours, default=0) >= 1,
+         "evaluate.item_knn.neighbours", "must be a non-empty list of integers >= 1"),
+        (cfg.evaluate.item_knn.block_items >= 1, "evaluate.item_knn.block_items", "must be at least 1"),
+        (all(len(g) > 0 for g in (cfg.evaluate.implicit_als.ranks, cfg.evaluate.implicit_als.regs,
+                                  cfg.evaluate.implicit_als.alphas))
+         and min(cfg.evaluate.implicit_als.ranks, default=0) >= 1,
+         "evaluate.implicit_als", "ranks, regs and alphas must be non-empty lists (ranks >= 1)"),
+        (min(cfg.evaluate.rating_knn.neighbours, cfg.evaluate.bias.iters, cfg.evaluate.als.rank, cfg.evaluate.als.iters,
+             cfg.evaluate.svd.factors, cfg.evaluate.svd.epochs, cfg.evaluate.svdpp.factors, cfg.evaluate.svdpp.epochs,
+             cfg.evaluate.implicit_als.iters) >= 1,
+         "evaluate", "neighbours, factors, ranks, epochs and iterations must be at least 1"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -6,7 +6,9 @@ Protocol (the same for every recommender):
   split and on the cold-user / cold-movie test sets when prepare made them.
 * Top-K (K = 5, 10, 20) for every user with test ratings: candidates are the movies the
   user did not rate in training (train + validation splits); relevant are all movies the
-  user rated in the test split (variant ``_rel4``: rated 4 or more). Precision, recall, F1,
+  user rated in the test split (variant ``_rel4``, "liked": rated at least
+  ``rating_min + liked_share * (rating_max - rating_min)`` of the manifest's rating scale, 4 on
+  1-5 stars). Precision, recall, F1,
   NDCG (binary gains), hit rate, MAP (truncated at K).
 * Beyond accuracy, on the top-10 lists: catalog coverage, intra-list genre diversity
   (mean pairwise 1 - Jaccard of genre sets), novelty (mean -log2 of the share of users who
@@ -17,9 +19,13 @@ Every recommender implements :class:`Recommender` below: ``predict`` (rating for
 ``scores`` unless a recommender ranks another way. The trained models are evaluated from
 their serving directory (:class:`ServedModel`): their top-k lists come from the same index
 search that ``recsys.serving.Recommender`` serves, so an approximate index's recall shows in
-the reported figures. Baselines: global mean,
-user+item bias, popularity, user-based and item-based CF (cosine, k neighbours), Surprise
-SVD and SVD++, and Spark MLlib ALS. Statistics come from the training split only.
+the reported figures. Rating-prediction baselines (ranked by predicted rating): global mean,
+user+item bias, user-based and item-based KNN on ratings (cosine, k neighbours), Surprise SVD
+and SVD++, Spark MLlib ALS (explicit). Top-k baselines, tuned on the validation split
+(recsys/topk_baselines.py): popularity, EASE, ItemKNN on implicit feedback, Spark MLlib ALS
+(implicit). Every setting comes from the config's ``evaluate`` section; the report names, per
+metric, the best baseline and the model's difference from it. Statistics come from the
+training split only.
 """
 
 from __future__ import annotations
@@ -47,11 +53,26 @@ class Data:
 
     users: pd.DataFrame
     movies: pd.DataFrame
-    train: pd.DataFrame  # u, m, rating (u/m: row indices into users/movies)
+    train: pd.DataFrame  # u, m, rating (u/m: row indices into users/movies); train + validation splits
     test: pd.DataFrame
     cold: dict[str, pd.DataFrame]
     rating_min: float
     rating_max: float
+    valid: pd.DataFrame | None = None  # the validation split: the LAST len(valid) rows of ``train``
+
+    def tuning_view(self) -> "Data | None":
+        """What tuning may read: train without validation as ``train``, validation as ``test``.
+
+        Holds no test or cold-start rating. None when there is no validation split."""
+        if self.valid is None or not len(self.valid):
+            return None
+        n_fit = len(self.train) - len(self.valid)
+        tail = self.train.iloc[n_fit:]
+        if not (np.array_equal(tail.u.to_numpy(), self.valid.u.to_numpy())
+                and np.array_equal(tail.m.to_numpy(), self.valid.m.to_numpy())):
+            raise ValueError("Data.valid must be the last rows of Data.train")
+        return Data(self.users, self.movies, self.train.iloc[:n_fit].reset_index(drop=True),
+                    self.valid.reset_index(drop=True), {}, self.rating_min, self.rating_max)
 
     @property
     def n_users(self) -> int:
@@ -78,9 +99,11 @@ def load_data(prepared: str | Path) -> Data:
         return pd.DataFrame({"u": urow.loc[df.user_id].to_numpy(), "m": mrow.loc[df.movie_id].to_numpy(),
                              "rating": df.rating.to_numpy(np.float64)})
 
-    train = pd.concat([d for d in (read("train"), read("valid")) if d is not None], ignore_index=True)
+    valid = read("valid")
+    train = pd.concat([d for d in (read("train"), valid) if d is not None], ignore_index=True)
     cold = {s: d for s in ("cold_users", "cold_movies") if (d := read(s)) is not None}
-    return Data(users, movies, train, read("test"), cold, manifest["stats"]["rating_min"], manifest["stats"]["rating_max"])
+    return Data(users, movies, train, read("test"), cold, manifest["stats"]["rating_min"], manifest["stats"]["rating_max"],
+                valid)
 
 
 # ---------------------------------------------------------------------------- recommenders
@@ -90,8 +113,13 @@ class Recommender:
     """A recommender under evaluation."""
 
     label = "?"
+    kind = "rating prediction"  # or "top-k" (built to rank), or "model" (ours)
     rates = True  # predicts ratings (popularity does not)
     ranks = True  # produces a ranking (global mean does not)
+
+    def unavailable(self, data: Data) -> str | None:
+        """Why this recommender cannot run at this data size (one line), or None."""
+        return None
 
     def fit(self, data: Data) -> "Recommender":
         return self
@@ -130,7 +158,7 @@ class Bias(Recommender):
 
     label = "user+item bias"
 
-    def __init__(self, reg: float = 10.0, iters: int = 10):
+    def __init__(self, reg: float, iters: int):
         self.reg, self.iters = reg, iters
 
     def fit(self, data):
@@ -152,7 +180,7 @@ class Bias(Recommender):
 
 
 class Popularity(Recommender):
-    label, rates = "popularity", False
+    label, rates, kind = "popularity", False, "top-k"
 
     def fit(self, data):
         self.count = np.bincount(data.train.m, minlength=data.n_movies).astype(float)
@@ -165,9 +193,16 @@ class Popularity(Recommender):
 class NeighbourCF(Recommender):
     """Cosine k-nearest-neighbour CF on mean-centred ratings (user-based or item-based)."""
 
-    def __init__(self, user_based: bool, k: int = 40):
-        self.user_based, self.k = user_based, k
-        self.label = "user-based CF (cosine)" if user_based else "item-based CF (cosine)"
+    def __init__(self, user_based: bool, k: int, max_cells: int | None = None):
+        self.user_based, self.k, self.max_cells = user_based, k, max_cells
+        self.label = f"{'user' if user_based else 'item'}-based KNN (ratings, cosine)"
+
+    def unavailable(self, data):
+        cells = data.n_users * data.n_movies
+        if self.max_cells is not None and cells > self.max_cells:
+            return (f"{data.n_users:,} users x {data.n_movies:,} movies = {cells:,} cells > evaluate.rating_knn.max_cells "
+                    f"{self.max_cells:,} (it holds the rating matrix dense)")
+        return None
 
     def fit(self, data):
         t = data.train
@@ -211,8 +246,9 @@ class NeighbourCF(Recommender):
 class SurpriseModel(Recommender):
     """Surprise SVD / SVD++ (the classic rating baselines), fitted on the training split."""
 
-    def __init__(self, kind: str, seed: int = 0):
-        self.kind, self.seed = kind, seed
+    def __init__(self, kind: str, factors: int, epochs: int, learning_rate: float, reg: float, seed: int):
+        self.algorithm, self.seed = kind, seed
+        self.params = {"n_factors": factors, "n_epochs": epochs, "lr_all": learning_rate, "reg_all": reg}
         self.label = f"Surprise {kind}"
 
     def fit(self, data):
@@ -220,7 +256,7 @@ class SurpriseModel(Recommender):
 
         t = data.train
         ds = Dataset.load_from_df(t[["u", "m", "rating"]], Reader(rating_scale=(data.rating_min, data.rating_max)))
-        algo = (SVD if self.kind == "SVD" else SVDpp)(random_state=self.seed)
+        algo = (SVD if self.algorithm == "SVD" else SVDpp)(random_state=self.seed, **self.params)
         self.trainset = ds.build_full_trainset()
         algo.fit(self.trainset)
         self.algo = algo
@@ -247,7 +283,7 @@ class SurpriseModel(Recommender):
             if iu < 0:
                 continue
             p = a.pu[iu].copy()
-            if self.kind == "SVD++":
+            if self.algorithm == "SVD++":
                 rated = [j for j, _ in ts.ur[iu]]
                 p = p + a.yj[rated].sum(0) / math.sqrt(len(rated))
             out[row, known] = ts.global_mean + a.bu[iu] + bi + Q @ p
@@ -257,17 +293,18 @@ class SurpriseModel(Recommender):
 class SparkALS(Recommender):
     """Spark MLlib ALS (explicit ratings): the distributed peer."""
 
-    label = "Spark MLlib ALS"
+    label = "Spark MLlib ALS (explicit)"
 
-    def __init__(self, rank: int = 16, reg: float = 0.1, iters: int = 15, seed: int = 0):
+    def __init__(self, rank: int, reg: float, iters: int, seed: int, master: str = "local[2]", driver_memory: str = "2g"):
         self.rank, self.reg, self.iters, self.seed = rank, reg, iters, seed
+        self.master, self.driver_memory = master, driver_memory
 
     def fit(self, data):
         from pyspark.ml.recommendation import ALS
 
         from recsys.spark import get_spark
 
-        spark = get_spark("recsys-evaluate-als", "local[2]", "2g", 4)
+        spark = get_spark("recsys-evaluate-als", self.master, self.driver_memory, 4)
         df = spark.createDataFrame(data.train.astype({"u": "int32", "m": "int32", "rating": "float32"}))
         model = ALS(rank=self.rank, regParam=self.reg, maxIter=self.iters, userCol="u", itemCol="m",
                     ratingCol="rating", seed=self.seed, coldStartStrategy="nan").fit(df)
@@ -374,11 +411,20 @@ def ndcg_at_k(top: np.ndarray, relevant: set, k: int) -> float:
     return float((hits * disc[:len(hits)]).sum() / disc[:min(k, len(relevant))].sum()) if relevant else 0.0
 
 
-def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Top-K metrics; also returns the evaluated users and their top-max(K) lists."""
+def liked_threshold(data: Data, liked_share: float = 0.75) -> float:
+    """The "liked" rating of the ``_rel4`` variant from the dataset's own scale (4.0 on 1-5 stars)."""
+    return data.rating_min + liked_share * (data.rating_max - data.rating_min)
+
+
+def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256,
+                    liked_share: float = 0.75) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Top-K metrics; also returns the evaluated users and their top-max(K) lists.
+
+    Users are scored ``block`` at a time ([block, n_movies] float64 scores at once). The
+    ``_rel4`` variant counts as relevant only test ratings >= :func:`liked_threshold`."""
     seen = data.train.groupby("u").m.apply(np.array).to_dict()
     test_all = data.test.groupby("u").m.apply(set).to_dict()
-    test_good = data.test[data.test.rating >= 4].groupby("u").m.apply(set).to_dict()
+    test_good = data.test[data.test.rating >= liked_threshold(data, liked_share) - 1e-9].groupby("u").m.apply(set).to_dict()
     users = np.array(sorted(test_all))
     kmax = max(ks)
     tops = np.empty((len(users), kmax), np.int64)
@@ -423,34 +469,88 @@ def beyond_accuracy(tops10: np.ndarray, data: Data) -> dict:
 # ---------------------------------------------------------------------------- the run
 
 
-def baselines(include_slow: bool = True) -> list[Recommender]:
-    out = [GlobalMean(), Bias(), Popularity(), NeighbourCF(user_based=True), NeighbourCF(user_based=False),
-           SurpriseModel("SVD")]
+def baselines(include_slow: bool = True, settings=None) -> list[Recommender]:
+    """Every baseline, set from ``settings`` (an :class:`recsys.config.EvaluateConfig`; its
+    defaults are conf/default.yaml's). ``include_slow``: also Surprise SVD++ and the Spark ALS pair."""
+    from recsys.config import EvaluateConfig
+    from recsys.topk_baselines import topk_baselines
+
+    ev = settings or EvaluateConfig()
+    knn = ev.rating_knn
+    svd = lambda kind, c: SurpriseModel(kind, c.factors, c.epochs, c.learning_rate, c.reg, ev.seed)  # noqa: E731
+    out = [GlobalMean(), Bias(ev.bias.reg, ev.bias.iters),
+           NeighbourCF(True, knn.neighbours, knn.max_cells), NeighbourCF(False, knn.neighbours, knn.max_cells),
+           svd("SVD", ev.svd)]
     if include_slow:
-        out += [SurpriseModel("SVD++"), SparkALS()]
+        out += [svd("SVD++", ev.svdpp),
+                SparkALS(ev.als.rank, ev.als.reg, ev.als.iters, ev.seed, ev.spark_master, ev.spark_driver_memory)]
+    return out + [Popularity()] + topk_baselines(ev, include_slow)
+
+
+# (metric, key in a result row, True when higher is better)
+HEADLINE = [("RMSE", "rmse", False), ("MAE", "mae", False), ("P@10", "precision@10", True),
+            ("R@10", "recall@10", True), ("NDCG@10", "ndcg@10", True), ("HR@10", "hit_rate@10", True),
+            ("MAP@10", "map@10", True), ("NDCG@10 (liked)", "ndcg@10_rel4", True)]
+
+
+def _metric(row: dict, key: str):
+    v = row.get("test", {}).get(key) if key in ("rmse", "mae", "mse") else row.get("ranking", {}).get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def best_baselines(results: dict, models: list[str]) -> dict:
+    """For every metric: the best baseline (lowest RMSE/MAE/MSE, highest otherwise) and each
+    model's value and difference from it (model - best: negative is better for RMSE/MAE)."""
+    baseline_rows = {k: r for k, r in results.items() if k not in models and "skipped" not in r}
+    keys = ["rmse", "mae", "mse"] + sorted({k for r in results.values() for k in r.get("ranking", {})})
+    out = {}
+    for key in keys:
+        higher = key not in ("rmse", "mae", "mse")
+        cands = [(v, label) for label, r in baseline_rows.items() if (v := _metric(r, key)) is not None]
+        if not cands:
+            continue
+        value, label = max(cands) if higher else min(cands)
+        entry = {"baseline": label, "value": value, "higher_is_better": higher, "models": {}}
+        for m in models:
+            if (mv := _metric(results.get(m, {}), key)) is not None:
+                entry["models"][m] = {"value": mv, "difference": mv - value}
+        out[key] = entry
     return out
 
 
 def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_dir: str | Path,
-             include_slow: bool = True) -> dict:
+             include_slow: bool = True, settings=None) -> dict:
     """Evaluate the trained model(s) from their serving directories (``{label or None: index dir}``;
-    None: a label from the model kind) and every baseline; write metrics.json, report.md, plots."""
+    None: a label from the model kind) and every baseline; write metrics.json, report.md, plots.
+
+    ``settings``: the config's ``evaluate`` section (baseline settings, tuning grids, blocks)."""
+    from recsys.config import EvaluateConfig
+
+    ev = settings or EvaluateConfig()
     data = load_data(prepared)
     recs: list[Recommender] = [ServedModel(d, label) for label, d in served.items()]
-    recs += baselines(include_slow)
+    recs += baselines(include_slow, ev)
+    liked = liked_threshold(data, ev.liked_share)
     results: dict[str, dict] = {}
     tops10: dict[str, np.ndarray] = {}
     for rec in recs:
+        reason = rec.unavailable(data)
+        if reason:
+            results[rec.label] = {"kind": rec.kind, "skipped": reason}
+            _log(f"{rec.label}: skipped: {reason}")
+            continue
         t0 = time.time()
         rec.fit(data)
         fit_s = time.time() - t0
-        row: dict = {"fit_seconds": round(fit_s, 2)}
+        row: dict = {"kind": rec.kind, "fit_seconds": round(fit_s, 2)}
+        if getattr(rec, "tuning", None):
+            row["tuning"] = rec.tuning
         if rec.rates:
             row["test"] = rating_metrics(rec, data.test, data.rating_min, data.rating_max)
             for name, df in data.cold.items():
                 row[name] = rating_metrics(rec, df, data.rating_min, data.rating_max)
         if rec.ranks:
-            rank, users, tops = ranking_metrics(rec, data)
+            rank, users, tops = ranking_metrics(rec, data, block=ev.block_users, liked_share=ev.liked_share)
             row["ranking"] = rank
             row.update(beyond_accuracy(tops[:, :10], data))
             tops10[rec.label] = tops[:, :10]
@@ -459,10 +559,11 @@ def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_
              + (f"NDCG@10 {row['ranking']['ndcg@10']:.4f} " if "ranking" in row else "") + f"({fit_s:.1f}s fit)")
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
+    best = best_baselines(results, [rec.label for rec in recs if isinstance(rec, ServedModel)])
     metrics = {"prepared": str(prepared), "protocol": __doc__.split("Protocol")[1].split("Every recommender")[0].strip(),
-               "results": results}
+               "liked_threshold": liked, "results": results, "best_baseline": best}
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_report(report_dir, results, data, recs, tops10)
+    _write_report(report_dir, results, data, recs, tops10, best, liked)
     return metrics
 
 
@@ -470,17 +571,43 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender], tops10: dict) -> None:
+def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender], tops10: dict,
+                  best: dict | None = None, liked: float = 4.0) -> None:
     lines = ["# Evaluation report", "", f"Test ratings: {len(data.test):,}; users with test ratings: "
-             f"{data.test.u.nunique():,}; catalog: {data.n_movies:,} movies.", "",
-             "| recommender | RMSE | MAE | P@10 | R@10 | NDCG@10 | HR@10 | MAP@10 | NDCG@10 (>=4) | coverage | diversity | novelty |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{data.test.u.nunique():,}; catalog: {data.n_movies:,} movies. Kinds: rating prediction "
+             "(ranked by predicted rating), top-k (built to rank; tuned on the validation split), model (ours).", "",
+             f"| recommender | kind | RMSE | MAE | P@10 | R@10 | NDCG@10 | HR@10 | MAP@10 | NDCG@10 (>={liked:g}) | "
+             "coverage | diversity | novelty |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    skipped = []
     for label, r in results.items():
+        if "skipped" in r:
+            skipped.append(f"{label} skipped: {r['skipped']}")
+            continue
         t = r.get("test", {}); k = r.get("ranking", {})
-        lines.append(f"| {label} | {_fmt(t.get('rmse'))} | {_fmt(t.get('mae'))} | {_fmt(k.get('precision@10'))} | "
+        lines.append(f"| {label} | {r.get('kind', '')} | {_fmt(t.get('rmse'))} | {_fmt(t.get('mae'))} | "
+                     f"{_fmt(k.get('precision@10'))} | "
                      f"{_fmt(k.get('recall@10'))} | {_fmt(k.get('ndcg@10'))} | {_fmt(k.get('hit_rate@10'))} | "
                      f"{_fmt(k.get('map@10'))} | {_fmt(k.get('ndcg@10_rel4'))} | {_fmt(r.get('coverage@10'))} | "
                      f"{_fmt(r.get('diversity@10'))} | {_fmt(r.get('novelty@10'))} |")
+    lines += [""] + skipped if skipped else []
+    if best:
+        models = sorted({m for e in best.values() for m in e["models"]})
+        lines += ["", "## Best baseline per metric", "",
+                  "| metric | best baseline | value | " + " | ".join(f"{m} (difference)" for m in models) + " |",
+                  "|---|---|---:|" + "---:|" * len(models)]
+        for name, key, _ in HEADLINE:
+            e = best.get(key)
+            if not e:
+                continue
+            cells = [f"{_fmt(e['models'][m]['value'])} ({e['models'][m]['difference']:+.4f})" if m in e["models"] else "-"
+                     for m in models]
+            lines.append(f"| {name.replace('liked', f'>={liked:g}')} | {e['baseline']} | {_fmt(e['value'])} | "
+                         + " | ".join(cells) + " |")
+    tuned = [(label, r["tuning"]) for label, r in results.items() if r.get("tuning")]
+    if tuned:
+        lines += ["", "Tuning (each on the validation split, budget = fits): " + "; ".join(
+            f"{label}: {t['budget']} fits by {t['metric']}, chosen {t['chosen']}" for label, t in tuned)]
     for cold in ("cold_users", "cold_movies"):
         if any(cold in r for r in results.values()):
             lines += ["", f"{cold} RMSE: " + ", ".join(f"{label} {_fmt(r[cold]['rmse'])}"

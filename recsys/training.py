@@ -54,13 +54,14 @@ def shard_files_for_rank(shards: list[dict], prepared: Path, rank: int, size: in
 
 def make_dataset(files: list[str], features: list[dict], batch_records: int, *, shuffle_buffer: int = 0,
                  seed: int = 0, record_shard: tuple[int, int] | None = None, repeat: bool = False,
-                 threads: int = 2):
+                 threads: int = 2, deterministic: bool = False):
     """tf.data pipeline: interleaved reads, shuffle (records), batch, parse after batching, prefetch.
 
     ``record_shard=(rank, size)`` keeps every ``size``-th record of each file, starting at
     ``rank`` (inside each file, so the shares are disjoint whatever order the interleave takes).
     Yields ``(features dict, rating)`` batches of ``batch_records`` records each
-    (``batch_records * examples_per_record`` examples).
+    (``batch_records * examples_per_record`` examples). ``deterministic``: the interleave keeps
+    its order even while shuffling (reproducible runs, see ``train.deterministic``).
     """
     import tensorflow as tf
 
@@ -74,7 +75,7 @@ def make_dataset(files: list[str], features: list[dict], batch_records: int, *, 
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(read, cycle_length=max(1, min(len(files), threads)),
-                       num_parallel_calls=threads, deterministic=not shuffle_buffer)
+                       num_parallel_calls=threads, deterministic=deterministic or not shuffle_buffer)
     if repeat:
         ds = ds.repeat()
     if shuffle_buffer:
@@ -226,7 +227,12 @@ def pin_device(cfg: Config, hvd) -> int:
     threads = cfg.train.threads_per_rank or max(1, (os.cpu_count() or 2) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
-    tf.random.set_seed(cfg.train.seed + hvd.rank())
+    # seeds TF, NumPy and Python's random (Keras draws unseeded initializer and dropout seeds from it)
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(cfg.train.seed + hvd.rank())
+    if cfg.train.deterministic:  # same seed, same ranks -> the same weights (bench/bench_quality.py checks it)
+        tf.config.experimental.enable_op_determinism()
     return threads
 
 
@@ -316,7 +322,7 @@ def inputs(run: Run, rank: int, size: int):
     files, by_record = shard_files_for_rank(run.manifest["splits"]["train"]["shards"], run.prepared, rank, size)
     train_ds = make_dataset(files, run.features, run.batch_records, shuffle_buffer=cfg.train.shuffle_buffer_records,
                             seed=cfg.train.seed + rank, record_shard=(rank, size) if by_record else None,
-                            repeat=True, threads=run.threads)
+                            repeat=True, threads=run.threads, deterministic=cfg.train.deterministic)
     # precision: one batch shape (a shard's last block is short), so the step is traced and XLA-compiled once
     train_ds = static_batches(train_ds, run.batch_examples)
     train_ds = prefetch_to_device(train_ds)  # precision: batches copied to this rank's GPU ahead (none on CPU)

@@ -193,3 +193,19 @@ def test_resume_checks_the_config_and_falls_back_from_a_damaged_checkpoint(prepa
     assert "ckpt-2 cannot be read" in again.stderr and "resumed from" in again.stderr and "ckpt-1 at epoch 1" in again.stderr
     assert "train.learning_rate changed 0.002 -> 0.001" in again.stderr
     assert [h["epoch"] for h in json.loads((model_dir / "model.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_fixed_seed_on_one_rank_is_reproducible(prepared, tmp_path):
+    # train.deterministic: the same seed on one rank gives the same run, number for number;
+    # another seed gives another run (so the comparison can fail)
+    base, overrides = prepared
+    histories = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / name, "--set", "train.epochs=1",
+                                         "--set", "train.deterministic=true", "--set", f"train.seed={seed}"),
+                              env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hist = json.loads((tmp_path / name / "model.json").read_text())["history"]
+        histories.append([(h["train_loss"], h["valid_rmse"]) for h in hist])
+    assert histories[0] == histories[1]
+    assert histories[0] != histories[2]
