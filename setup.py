@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-DEV = {"pytest", "pytest-timeout", "kubernetes-validate", "yamllint"}
+DEV = {"pytest", "pytest-timeout", "kubernetes-validate", "yamllint", "selenium"}
 
 
 def _pins() -> tuple[list[str], list[str]]:

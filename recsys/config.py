@@ -167,6 +167,17 @@ class IndexConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The HTTP service over an index directory (``recsys serve``)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container
+    port: int = 8000
+    workers: int = 1  # uvicorn worker processes, each with its own copy of the index
+    max_k: int = 100  # the largest k a request may ask for (larger: 400)
+    reload_interval_s: float = 5.0  # how often each worker looks for a rebuilt index (0: never)
+
+
+@dataclass
 class Config:
     """The whole configuration of one pipeline run."""
 
@@ -177,6 +188,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     # Where this config came from (not a YAML key).
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -367,6 +379,9 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
         (cfg.synth.chunk_ratings >= 1000, "synth.chunk_ratings", "must be at least 1000"),
+        (1 <= cfg.serve.port <= 65535, "serve.port", "must be from 1 to 65535"),
+        (cfg.serve.workers >= 1 and cfg.serve.max_k >= 1, "serve", "workers and max_k must be at least 1"),
+        (cfg.serve.reload_interval_s >= 0, "serve.reload_interval_s", "must be 0 (never) or positive"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -111,6 +111,8 @@ def build_serving_dir(cfg) -> dict:
         index_info = {
             "model_version": info["model_version"], "model_dir": info["model_dir"], "mu": info["mu"],
             "dimension": int(m.shape[1]), "metric": "inner_product", "ranking": ranking,
+            # the rating scale: predicted ratings (mu + b_u + b_m + <u, m>) may fall outside it
+            "rating_range": [manifest["stats"]["rating_min"], manifest["stats"]["rating_max"]],
             "indexes": {name: {"file": f"{name}.faiss", "type": b.kind, "vectors": form, "query": query,
                                "dimension": int(b.index.d),
                                "count": count, "search_params": b.search_param, "recall_at_k": b.recall,
@@ -297,16 +299,33 @@ class Recommender:
                 "occupation": self.users.at[r, "occupation"], "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _users_for_vector(self, m: np.ndarray, b_m: float, k: int, as_frame: bool):
+    def _users_for_vector(self, m: np.ndarray, b_m: float, k: int, as_frame: bool,
+                          exclude_rows: np.ndarray | None = None):
         k = self._check_k(k, len(self._u))
-        scores, rows = self._idx["users_ip"].search(np.append(m, 1.0)[None, :].astype(np.float32), k)
-        keep = rows[0] >= 0
-        return self._user_rows(rows[0][keep], self.mu + b_m + scores[0][keep], as_frame)
+        exclude_rows = np.empty(0, np.int64) if exclude_rows is None else exclude_rows
+        fetch = min(len(self._u), k + len(exclude_rows))  # over-fetch, then drop the excluded users
+        scores, rows = self._idx["users_ip"].search(np.append(m, 1.0)[None, :].astype(np.float32), fetch)
+        keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
+        return self._user_rows(rows[0][keep][:k], self.mu + b_m + scores[0][keep][:k], as_frame)
 
-    def users_for_movie(self, movie_id, k: int = 10, as_frame: bool = False):
-        """The k users predicted to rate ``movie_id`` highest (score: their predicted rating)."""
+    def _raters(self, movie_row: int) -> np.ndarray:
+        """User rows that rated catalog row ``movie_row`` in training (inverted ``_seen``, built once)."""
+        if not hasattr(self, "_raters_by_movie"):
+            by_movie: dict[int, list[int]] = {}
+            for user_id, movie_rows in self._seen.items():
+                if user_id in self._user_row:
+                    for r in movie_rows.tolist():
+                        by_movie.setdefault(r, []).append(self._user_row[user_id])
+            self._raters_by_movie = {r: np.array(v, np.int64) for r, v in by_movie.items()}
+        return self._raters_by_movie.get(movie_row, np.empty(0, np.int64))
+
+    def users_for_movie(self, movie_id, k: int = 10, exclude_raters: bool = True, as_frame: bool = False):
+        """The k users predicted to rate ``movie_id`` highest, leaving out (by default) the users
+        who already rated it in training. ``score`` is the model's unclipped prediction
+        ``mu + b_u + b_m + <u, m>``: it can fall outside ``info["rating_range"]``."""
         row = self._movie(movie_id)
-        return self._users_for_vector(self._m[row], float(self._bm[row]), k, as_frame)
+        raters = self._raters(row) if exclude_raters else None
+        return self._users_for_vector(self._m[row], float(self._bm[row]), k, as_frame, raters)
 
     def also_liked(self, movie_id, k: int = 10, fans: int = 50, as_frame: bool = False):
         """People who like this movie also like: the movies its top ``fans`` users score highest."""
