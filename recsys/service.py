@@ -376,9 +376,12 @@ def create_app(settings: ServeSettings, holder: IndexHolder | None = None):
             out.append(item)
         return out
 
+    def text(v):   # a missing demographic (NaN in the table) is null in JSON
+        return v if isinstance(v, str) else None
+
     def users_out(s: Served, rows: list[dict]) -> list[dict]:
-        return [{"rank": i, "user_id": r["user_id"], "gender": r["gender"], "age": r["age"],
-                 "occupation": r["occupation"], "predicted_rating": rating(s, r["score"]),
+        return [{"rank": i, "user_id": r["user_id"], "gender": text(r["gender"]), "age": r["age"],
+                 "occupation": text(r["occupation"]), "predicted_rating": rating(s, r["score"]),
                  "raw_prediction": round(r["score"], 4)} for i, r in enumerate(rows, 1)]
 
     def movie_info(s: Served, movie_id: int) -> dict:
@@ -399,8 +402,8 @@ def create_app(settings: ServeSettings, holder: IndexHolder | None = None):
             raise ApiError(404, f"unknown user id {user_id}: not among the {len(u):,} users of this model "
                                 "(use POST /api/new-user/recommendations for a new one)")
         age = u.at[row, "age"]
-        return {"user_id": user_id, "gender": u.at[row, "gender"], "age": None if age != age else int(age),
-                "occupation": u.at[row, "occupation"]}
+        return {"user_id": user_id, "gender": text(u.at[row, "gender"]), "age": None if age != age else int(age),
+                "occupation": text(u.at[row, "occupation"])}
 
     # ------------------------------------------------------------------ probes and metrics
 
@@ -489,7 +492,8 @@ def create_app(settings: ServeSettings, holder: IndexHolder | None = None):
     async def recommend(user_id: int, k: int = 10, include_seen: bool = False):
         s = served()
         rows = call(s.rec.recommend, user_id, k=check_k(k), exclude_seen=not include_seen)
-        return {"user_id": user_id, "k": k, "ranking": s.rec.info.get("ranking"), "items": movies_out(s, rows)}
+        return JSONResponse({"user_id": user_id, "k": k, "ranking": s.rec.info.get("ranking"),
+                             "items": movies_out(s, rows)})
 
     @app.get("/api/users/{user_id}/predictions/{movie_id}", tags=["known users"],
              summary="The predicted rating of one user for one movie")
@@ -508,21 +512,21 @@ def create_app(settings: ServeSettings, holder: IndexHolder | None = None):
     async def similar(movie_id: int, k: int = 10):
         s = served()
         rows = call(s.rec.similar_movies, movie_id, k=check_k(k))
-        return {"movie_id": movie_id, "k": k, "items": movies_out(s, rows, similarity=True)}
+        return JSONResponse({"movie_id": movie_id, "k": k, "items": movies_out(s, rows, similarity=True)})
 
     @app.get("/api/movies/{movie_id}/fans", tags=["known movies"],
              summary="Users predicted to rate this movie highest (who would like it)")
     async def fans(movie_id: int, k: int = 10, include_raters: bool = False):
         s = served()
         rows = call(s.rec.users_for_movie, movie_id, k=check_k(k), exclude_raters=not include_raters)
-        return {"movie_id": movie_id, "k": k, "items": users_out(s, rows)}
+        return JSONResponse({"movie_id": movie_id, "k": k, "items": users_out(s, rows)})
 
     @app.get("/api/movies/{movie_id}/also-liked", tags=["known movies"],
              summary="People who like this movie also like")
     async def also_liked(movie_id: int, k: int = 10):
         s = served()
         rows = call(s.rec.also_liked, movie_id, k=check_k(k))
-        return {"movie_id": movie_id, "k": k, "items": movies_out(s, rows)}
+        return JSONResponse({"movie_id": movie_id, "k": k, "items": movies_out(s, rows)})
 
     # ------------------------------------------------------------------ cold start
 
