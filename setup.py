@@ -36,4 +36,5 @@ setup(
     extras_require={"dev": DEVELOPMENT, "horovod": [p for p in RUNTIME if p.startswith(("horovod", "tf-keras"))]},
     entry_points={"console_scripts": ["recsys=recsys.cli:main"]},
     include_package_data=True,
+    package_data={"recsys": ["web/*"]},   # the page recsys serve serves
 )

@@ -598,5 +598,10 @@ def serve(settings: ServeSettings, host: str, port: int, workers: int) -> None:
         os.mkdir(metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir   # every worker's counters, summed on /metrics
     _say(f"http://{host}:{port}/ (page), /docs (API), /metrics; index {settings.index_dir}; {workers} worker(s)")
-    uvicorn.run("recsys.service:app_from_env", factory=True, host=host, port=port, workers=workers,
-                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run("recsys.service:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)
