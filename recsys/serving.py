@@ -319,7 +319,7 @@ class Recommender:
             self._raters_by_movie = {r: np.array(v, np.int64) for r, v in by_movie.items()}
         return self._raters_by_movie.get(movie_row, np.empty(0, np.int64))
 
-    def users_for_movie(self, movie_id, k: int = 10, exclude_raters: bool = True, as_frame: bool = False):
+    def users_for_movie(self, movie_id, k: int = 10, as_frame: bool = False, exclude_raters: bool = True):
         """The k users predicted to rate ``movie_id`` highest, leaving out (by default) the users
         who already rated it in training. ``score`` is the model's unclipped prediction
         ``mu + b_u + b_m + <u, m>``: it can fall outside ``info["rating_range"]``."""

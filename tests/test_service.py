@@ -318,6 +318,30 @@ def test_hot_swap_under_load_fails_no_request(index_dir, tmp_path):
     assert len(set(seen_versions)) == 3
 
 
+def test_two_workers_follow_the_admin_swap_and_share_metrics(index_dir, tmp_path):
+    """With --workers 2, POST /admin/index reaches one worker; the other follows through the
+    state file within the reload interval, and /metrics sums both workers' counters."""
+    v1 = _reseal_copy(index_dir, tmp_path / "v1")
+    srv = Server(index_dir, "--workers", "2", "--set", "serve.reload_interval_s=0.5")
+    try:
+        for _ in range(8):   # both workers up (each new connection may land on either)
+            assert srv.get("/readyz")[0] == 200
+        status, reply = srv.post("/admin/index", {"index": str(tmp_path / "v1")})
+        assert status == 200, reply
+        deadline, streak = time.time() + 30, 0
+        while streak < 20 and time.time() < deadline:
+            streak = streak + 1 if srv.get("/readyz")[1]["index_version"] == v1 else 0
+        assert streak >= 20, "a worker still serves the old index"
+        for _ in range(10):
+            srv.get("/api/users/abc/recommendations")
+        text = srv.get("/metrics")[1]
+        bad = [ln for ln in text.splitlines() if ln.startswith("recsys_http_requests_total{")
+               and 'status="400"' in ln and "recommendations" in ln]
+        assert bad and sum(float(ln.split()[-1]) for ln in bad) == 10
+    finally:
+        srv.stop()
+
+
 def test_watcher_swaps_in_a_rebuilt_index_and_keeps_a_broken_one_out(index_dir, tmp_path):
     """--index names a symlink: repointing it (an atomic rename) swaps the index within the
     reload interval; a target whose checksums fail is refused and the old index keeps serving."""
