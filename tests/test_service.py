@@ -324,8 +324,11 @@ def test_two_workers_follow_the_admin_swap_and_share_metrics(index_dir, tmp_path
     v1 = _reseal_copy(index_dir, tmp_path / "v1")
     srv = Server(index_dir, "--workers", "2", "--set", "serve.reload_interval_s=0.5")
     try:
-        for _ in range(8):   # both workers up (each new connection may land on either)
-            assert srv.get("/readyz")[0] == 200
+        deadline, streak = time.time() + 120, 0
+        while streak < 8 and time.time() < deadline:   # both workers loaded (a new connection lands on either)
+            streak = streak + 1 if srv.get("/readyz")[0] == 200 else 0
+            time.sleep(0.1)
+        assert streak >= 8, "the second worker never loaded the index"
         status, reply = srv.post("/admin/index", {"index": str(tmp_path / "v1")})
         assert status == 200, reply
         deadline, streak = time.time() + 30, 0
