@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-DEV = {"pytest", "pytest-timeout", "kubernetes-validate", "yamllint"}
+DEV = {"pytest", "pytest-timeout", "kubernetes-validate", "yamllint", "selenium"}
 
 
 def _pins() -> tuple[list[str], list[str]]:
@@ -36,5 +36,5 @@ setup(
     extras_require={"dev": DEVELOPMENT, "horovod": [p for p in RUNTIME if p.startswith(("horovod", "tf-keras"))]},
     entry_points={"console_scripts": ["recsys=recsys.cli:main"]},
     include_package_data=True,
-    package_data={"recsys": ["log4j2-quiet.properties"]},
+    package_data={"recsys": ["log4j2-quiet.properties", "web/*"]},  # quiet Spark logging; the page recsys serve serves
 )

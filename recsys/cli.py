@@ -239,15 +239,38 @@ def evaluate_cmd(config_path, overrides, fast, compare):
 # ------------------------------------------------------------------ serving
 
 
-def _recommender(config_path, overrides, index_dir):
-    from recsys.config import load_config
-    from recsys.serving import Recommender
+def _recommender(config_path, overrides, index_dir, model_dir=None):
+    """The Recommender of ``--index DIR`` (no config read then: it runs from any folder), else of the
+    config's ``paths.index``. Cold start uses ``--model``, else the model artifact inside the index."""
+    from pathlib import Path
 
-    cfg = load_config(config_path, overrides)
-    return Recommender.load(index_dir or cfg.paths.index)
+    from recsys.serving import INDEX_JSON, Recommender
+    from recsys.service import resolve_model_dir
+
+    if index_dir is None:
+        from recsys.config import load_config
+
+        index_dir = load_config(config_path, overrides).paths.index
+    info_path = Path(index_dir) / INDEX_JSON
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except ValueError:
+        info = {}  # Recommender.load names the damage
+    return Recommender.load(index_dir, model_dir=resolve_model_dir(Path(index_dir), info, model_dir))
 
 
-def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
+def _clip(rec, value: float) -> float:
+    """A predicted rating on the index's rating scale (the model's raw output may fall outside it)."""
+    lo, hi = (rec.info.get("rating_range") if rec.rates else None) or (float("-inf"), float("inf"))
+    return min(max(value, lo), hi)
+
+
+def _print_rows(rows: list[dict], title: str, as_json: bool, rec=None, similarity: bool = False) -> None:
+    """Rows in the library's order (the ranking score's), the predicted rating (clipped to the rating
+    scale) in its own column, or the cosine for similarity lists. JSON adds ``rank`` and
+    ``predicted_rating``; ``score`` stays the library's unclipped value."""
+    if not similarity and rec is not None:
+        rows = [{"rank": i, **r, "predicted_rating": round(_clip(rec, r["score"]), 4)} for i, r in enumerate(rows, 1)]
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -255,18 +278,29 @@ def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
     if not rows:
         click.echo("  (nothing)")
         return
+    label = "similarity" if similarity else ("predicted rating" if rec is None or rec.rates else "score")
+    value = (lambda r: f"{r['score']:{len(label)}.3f}") if similarity else \
+        (lambda r: f"{r['predicted_rating']:{len(label)}.2f}")
     if "movie_id" in rows[0]:
-        click.echo(f"  {'#':>2}  {'movie':>6}  {'score':>6}  title [genres]")
+        click.echo(f"  {'#':>2}  {'movie':>6}  {label}  title [genres]")
         for i, r in enumerate(rows, 1):
-            click.echo(f"  {i:>2}  {r['movie_id']:>6}  {r['score']:6.3f}  {r['title']} [{r['genres']}]")
+            click.echo(f"  {i:>2}  {r['movie_id']:>6}  {value(r)}  {r['title']} [{r['genres']}]")
     else:
-        click.echo(f"  {'#':>2}  {'user':>6}  {'score':>6}  gender age occupation")
+        click.echo(f"  {'#':>2}  {'user':>6}  {label}  gender age occupation")
         for i, r in enumerate(rows, 1):
-            click.echo(f"  {i:>2}  {r['user_id']:>6}  {r['score']:6.3f}  {r['gender'] or '-':6} {r['age'] or '-':>3} "
+            click.echo(f"  {i:>2}  {r['user_id']:>6}  {value(r)}  {r['gender'] or '-':6} {r['age'] or '-':>3} "
                        f"{r['occupation'] or '-'}")
 
 
-index_option = click.option("--index", "index_dir", default=None, help="Serving directory [config paths.index].")
+def _ranked(rec, what: str) -> str:
+    return f"{what} (in the {rec.info.get('label', 'model')}'s ranking order):"
+
+
+index_option = click.option("--index", "index_dir", default=None,
+                            help="Serving directory (alone: no config needed) [config paths.index].")
+model_option = click.option("--model", "model_dir", default=None,
+                            help="Trained model for new users/movies [the one recorded in the index, else "
+                                 "model/ beside it].")
 k_option = click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -286,6 +320,7 @@ def _value_errors(fn):
 @config_option
 @set_option
 @index_option
+@model_option
 @click.option("--user", "user_id", type=int, default=None, help="A known user id.")
 @click.option("--gender", default=None, help="New user: gender (M/F).")
 @click.option("--age", type=int, default=None, help="New user: age in years.")
@@ -295,22 +330,37 @@ def _value_errors(fn):
 @json_option
 @friendly_errors
 @_value_errors
-def recommend_cmd(config_path, overrides, index_dir, user_id, gender, age, occupation, include_seen, k, as_json):
+def recommend_cmd(config_path, overrides, index_dir, model_dir, user_id, gender, age, occupation, include_seen, k,
+                  as_json):
     """Top movies for a known user (--user) or a new one (--gender/--age/--occupation)."""
-    rec = _recommender(config_path, overrides, index_dir)
+    rec = _recommender(config_path, overrides, index_dir, model_dir)
     if user_id is not None:
-        rows = rec.recommend(user_id, k=k, exclude_seen=not include_seen)
-        _print_rows(rows, f"top {k} for user {user_id}:", as_json)
+        rows = _cli_ids(rec.recommend, user_id, k=k, exclude_seen=not include_seen)
+        _print_rows(rows, _ranked(rec, f"top {k} for user {user_id}"), as_json, rec)
     elif gender or age or occupation:
         rows = rec.recommend_for_profile(gender=gender, age=age, occupation=occupation, k=k)
-        _print_rows(rows, f"top {k} for a new user (gender={gender}, age={age}, occupation={occupation}):", as_json)
+        _print_rows(rows, _ranked(rec, f"top {k} for a new user (gender={gender}, age={age}, "
+                                       f"occupation={occupation})"), as_json, rec)
     else:
         raise RecsysError("give --user ID, or a profile with --gender/--age/--occupation")
 
 
+def _cli_ids(fn, *args, **kwargs):
+    """The library call, with an unknown id's hint in CLI terms (not Python method names)."""
+    from recsys.serving import UnknownIdError
+
+    try:
+        return fn(*args, **kwargs)
+    except UnknownIdError as err:
+        text = str(err).split(" (use ")[0]
+        hint = ("recsys recommend --gender/--age/--occupation" if text.startswith("unknown user")
+                else "recsys new-movie --title ... --genres ...")
+        raise RecsysError(f"{text} (use {hint} for a new one)") from None
+
+
 def _movie_query(fn):
     """The options and error handling shared by the commands that take one known movie."""
-    for decorate in reversed((config_option, set_option, index_option,
+    for decorate in reversed((config_option, set_option, index_option, model_option,
                               click.option("--movie", "movie_id", type=int, required=True, help="A known movie id."),
                               k_option, json_option, friendly_errors, _value_errors)):
         fn = decorate(fn)
@@ -319,19 +369,83 @@ def _movie_query(fn):
 
 @main.command("similar")
 @_movie_query
-def similar_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
+def similar_cmd(config_path, overrides, index_dir, model_dir, movie_id, k, as_json):
     """Movies most similar to a movie (cosine of the movie vectors)."""
-    rec = _recommender(config_path, overrides, index_dir)
-    title = rec.movies.at[rec._movie(movie_id), "title"]
-    _print_rows(rec.similar_movies(movie_id, k=k), f"{k} movies most similar to {movie_id} ({title}):", as_json)
+    rec = _recommender(config_path, overrides, index_dir, model_dir)
+    rows = _cli_ids(rec.similar_movies, movie_id, k=k)
+    title = rec.movies.loc[rec.movies["movie_id"] == movie_id, "title"].iloc[0]
+    _print_rows(rows, f"{k} movies most similar to {movie_id} ({title}):", as_json, similarity=True)
 
 
 @main.command("who-likes")
 @_movie_query
-def who_likes_cmd(config_path, overrides, index_dir, movie_id, k, as_json):
-    """Users predicted to rate a movie highest."""
-    rec = _recommender(config_path, overrides, index_dir)
-    _print_rows(rec.users_for_movie(movie_id, k=k), f"{k} users most likely to love movie {movie_id}:", as_json)
+@click.option("--include-raters", is_flag=True, help="Keep the users who already rated the movie in training.")
+def who_likes_cmd(config_path, overrides, index_dir, model_dir, movie_id, k, as_json, include_raters):
+    """Users predicted to rate a movie highest (users who already rated it are left out)."""
+    rec = _recommender(config_path, overrides, index_dir, model_dir)
+    rows = _cli_ids(rec.users_for_movie, movie_id, k=k, exclude_raters=not include_raters)
+    who = "users" if include_raters else "users who have not rated it"
+    _print_rows(rows, f"{k} {who} most likely to love movie {movie_id}:", as_json, rec)
+
+
+@main.command("new-movie")
+@config_option
+@set_option
+@index_option
+@model_option
+@click.option("--title", required=True, help="The new movie's title.")
+@click.option("--genres", default="", help="Genres separated by | or , (e.g. 'Comedy|Sci-Fi').")
+@click.option("--year", type=int, default=None, help="Release year.")
+@k_option
+@json_option
+@friendly_errors
+@_value_errors
+def new_movie_cmd(config_path, overrides, index_dir, model_dir, title, genres, year, k, as_json):
+    """A movie the model has never seen: the closest known movies and the users most likely to love it."""
+    rec = _recommender(config_path, overrides, index_dir, model_dir)
+    genre_list = [g.strip() for g in genres.replace(",", "|").split("|") if g.strip()]
+    similar = rec.similar_to_new_movie(title=title, genres=genre_list, year=year, k=k)
+    fans = rec.users_for_new_movie(title=title, genres=genre_list, year=year, k=k)
+    if as_json:
+        fans = [{"rank": i, **r, "predicted_rating": round(_clip(rec, r["score"]), 4)} for i, r in enumerate(fans, 1)]
+        click.echo(json.dumps({"similar": similar, "fans": fans}, indent=2, ensure_ascii=False))
+        return
+    _print_rows(similar, f"{k} known movies closest to {title!r}:", False, similarity=True)
+    _print_rows(fans, f"{k} users most likely to love {title!r}:", False, rec)
+
+
+@main.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config for the serve.* knobs and paths.index [defaults: conf/default.yaml's values].")
+@set_option
+@index_option
+@model_option
+@click.option("--host", default=None, help="Address to listen on [config serve.host: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [config serve.port: 8000].")
+@click.option("--workers", type=int, default=None, help="Worker processes [config serve.workers: 1].")
+@click.option("--wait-for-index", is_flag=True,
+              help="Start even when the index does not exist yet (/readyz says 503 until it does).")
+@friendly_errors
+def serve_cmd(config_path, overrides, index_dir, model_dir, host, port, workers, wait_for_index):
+    """HTTP API, web page and metrics over an index directory (see recsys/service.py)."""
+    from pathlib import Path
+
+    from recsys.config import load_config
+    from recsys.errors import ConfigError
+
+    cfg = load_config(config_path, [*overrides, *(f"serve.{k}={v}" for k, v in
+                                                 (("host", host), ("port", port), ("workers", workers))
+                                                 if v is not None)])
+    index_dir = index_dir or cfg.paths.index
+    if not wait_for_index:
+        if not (Path(index_dir) / "index.json").is_file():
+            raise ConfigError(f"--index {index_dir}: no index.json there (build one with python jobs/build_index.py "
+                              "--config ..., or pass --wait-for-index)")
+        _recommender(None, (), index_dir, model_dir)   # verify checksums now: a broken index fails here, in one line
+    from recsys.service import ServeSettings, serve
+
+    serve(ServeSettings(str(index_dir), model_dir, cfg.serve.max_k, cfg.serve.reload_interval_s),
+          cfg.serve.host, cfg.serve.port, cfg.serve.workers)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -340,6 +340,14 @@ class EvaluateConfig:
     ease: EaseConfig = field(default_factory=EaseConfig)
     item_knn: ItemKnnConfig = field(default_factory=ItemKnnConfig)
     implicit_als: ImplicitAlsConfig = field(default_factory=ImplicitAlsConfig)
+class ServeConfig:
+    """The HTTP service over an index directory (``recsys serve``)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container
+    port: int = 8000
+    workers: int = 1  # uvicorn worker processes, each with its own copy of the index
+    max_k: int = 100  # the largest k a request may ask for (larger: 400)
+    reload_interval_s: float = 5.0  # how often each worker looks for a rebuilt index (0: never)
 
 
 @dataclass
@@ -354,6 +362,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     # Where this config came from (not a YAML key).
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -580,6 +589,9 @@ def _validate(cfg: Config, where: str) -> None:
              cfg.evaluate.svd.factors, cfg.evaluate.svd.epochs, cfg.evaluate.svdpp.factors, cfg.evaluate.svdpp.epochs,
              cfg.evaluate.implicit_als.iters) >= 1,
          "evaluate", "neighbours, factors, ranks, epochs and iterations must be at least 1"),
+        (1 <= cfg.serve.port <= 65535, "serve.port", "must be from 1 to 65535"),
+        (cfg.serve.workers >= 1 and cfg.serve.max_k >= 1, "serve", "workers and max_k must be at least 1"),
+        (cfg.serve.reload_interval_s >= 0, "serve.reload_interval_s", "must be 0 (never) or positive"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -89,11 +89,14 @@ def build_serving_dir(cfg) -> dict:
                           for s in ("train", "valid") if (prepared / f"ratings_{s}").exists()])
         seen.to_parquet(tmp / "seen.parquet", index=False)
         copy_artifact(model_dir, tmp / MODEL_SUBDIR)
+        stats = json.loads((prepared / "manifest.json").read_text())["stats"]
         files = list(_TABLES) + sorted(str(p.relative_to(tmp)) for p in (tmp / MODEL_SUBDIR).rglob("*") if p.is_file())
         index_info = {
             "model_version": info["model_version"], "kind": info["kind"], "label": info["label"], "rates": info["rates"],
             "score_offset": info["score_offset"], "manifest_sha256": info["manifest_sha256"],
             "model": MODEL_SUBDIR, "metric": "inner_product",
+            # the data's rating scale: a rating model's predictions (score_offset + <u, m>) may fall outside it
+            "rating_range": [stats["rating_min"], stats["rating_max"]],
             "indexes": {name: {"file": f"{name}.faiss", "vectors": form, "query": query, **index.describe()}
                         for name, (index, form, query) in built.items()},
             "files": {name: sha256_file(tmp / name) for name in files},
@@ -260,15 +263,33 @@ class Recommender:
                 "occupation": self.users.at[r, "occupation"], "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool):
+    def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool,
+                          exclude_rows: np.ndarray | None = None):
         k = self._check_k(k, len(self._us))
-        scores, rows = self._idx["users_ip"].search(movie_score[None, :], k)
-        keep = rows[0] >= 0
-        return self._user_rows(rows[0][keep], self.offset + scores[0][keep], as_frame)
+        exclude_rows = np.empty(0, np.int64) if exclude_rows is None else exclude_rows
+        fetch = min(len(self._us), k + len(exclude_rows))  # over-fetch, then drop the excluded users
+        scores, rows = self._idx["users_ip"].search(movie_score[None, :], fetch)
+        keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
+        return self._user_rows(rows[0][keep][:k], self.offset + scores[0][keep][:k], as_frame)
 
-    def users_for_movie(self, movie_id, k: int = 10, as_frame: bool = False):
-        """The k users the model scores highest for ``movie_id`` (score: their predicted rating / score)."""
-        return self._users_for_vector(self._ms[self._movie(movie_id)], k, as_frame)
+    def _raters(self, movie_row: int) -> np.ndarray:
+        """User rows that rated catalog row ``movie_row`` in training (inverted ``_seen``, built once)."""
+        if not hasattr(self, "_raters_by_movie"):
+            by_movie: dict[int, list[int]] = {}
+            for user_id, movie_rows in self._seen.items():
+                if user_id in self._user_row:
+                    for r in movie_rows.tolist():
+                        by_movie.setdefault(r, []).append(self._user_row[user_id])
+            self._raters_by_movie = {r: np.array(v, np.int64) for r, v in by_movie.items()}
+        return self._raters_by_movie.get(movie_row, np.empty(0, np.int64))
+
+    def users_for_movie(self, movie_id, k: int = 10, as_frame: bool = False, exclude_raters: bool = True):
+        """The k users the model scores highest for ``movie_id``, leaving out (by default) the users
+        who already rated it in training. ``score`` is the model's unclipped score (a rating model's
+        predicted rating: it can fall outside ``info["rating_range"]``)."""
+        row = self._movie(movie_id)
+        raters = self._raters(row) if exclude_raters else None
+        return self._users_for_vector(self._ms[row], k, as_frame, raters)
 
     def also_liked(self, movie_id, k: int = 10, fans: int = 50, as_frame: bool = False):
         """People who like this movie also like: the movies its top ``fans`` users score highest."""

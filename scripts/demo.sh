@@ -26,6 +26,16 @@ python jobs/build_index.py --config "$CONFIG"
 step "5/6 evaluation against the baselines on the same split (runs/ml-100k/report)"
 recsys evaluate --config "$CONFIG" --fast 2> >(grep --line-buffered -E '^\[evaluate\]|^error' >&2)
 
-step "6/6 recommendations from the FAISS index"
+step "6/6 recommendations from the FAISS index (ranked; predicted rating in its own column)"
 recsys recommend --config "$CONFIG" --user 42 -k 10
 recsys similar --config "$CONFIG" --movie 1 -k 10
+
+step "next: recommendations as a service (HTTP API + web page)"
+INDEX=$(python -c 'import sys; from recsys.config import load_config; print(load_config(sys.argv[1]).paths.index)' "$CONFIG")
+cat <<EOF
+Start the server on the index just built:
+    .venv/bin/recsys serve --index $INDEX          (or: make serve)
+then open the page:  http://127.0.0.1:8000/
+the API docs:        http://127.0.0.1:8000/docs      metrics: http://127.0.0.1:8000/metrics
+for example:         curl 'http://127.0.0.1:8000/api/users/42/recommendations?k=10'
+EOF

@@ -34,7 +34,7 @@ STAGES = ("fetch", "prepare", "train", "export", "index", "evaluate")
 
 def _kustomize(overlay: str) -> list[dict]:
     out = subprocess.run(
-        [KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S / "overlays" / overlay)],
+        [KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],   # as users type it: no --load-restrictor
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"kustomize {overlay} failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -99,7 +99,7 @@ def _pods(docs: list[dict]) -> list[dict]:
     """Every pod an overlay would run, as Pod objects."""
     pods = []
     for d in docs:
-        if d["kind"] == "Job":
+        if d["kind"] in ("Job", "Deployment"):
             pods.append(_as_pod(d["metadata"]["name"], d["spec"]["template"]))
         elif d["kind"] == "MPIJob":
             for role, rs in d["spec"]["mpiReplicaSpecs"].items():
@@ -153,6 +153,29 @@ def test_base_resources_validate_strictly():
     assert checked >= 8
 
 
+def test_kustomizations_read_files_only_inside_their_own_folder():
+    # kustomize's default load restrictor refuses a file outside the kustomization's folder, so
+    # `kubectl apply -k` / `kubectl kustomize` work with no extra flag (directories may be anywhere)
+    for kfile in _kustomizations():
+        k = yaml.safe_load(kfile.read_text())
+        files = [p["path"] for p in k.get("patches", []) if "path" in p] + list(k.get("configurations", []))
+        files += [f.split("=", 1)[-1] for g in k.get("configMapGenerator", []) for f in g.get("files", [])]
+        for ref in files:
+            resolved = (kfile.parent / ref).resolve()
+            assert kfile.parent.resolve() in resolved.parents, \
+                f"{kfile.relative_to(ROOT)}: {ref} is outside {kfile.parent.relative_to(ROOT)}/ (kustomize refuses it)"
+
+
+def test_copies_inside_k8s_match_their_sources():
+    # k8s/base/conf/ is conf/, and the spark-submit component's job defaults are the base's:
+    # `make k8s-conf` refreshes both
+    for name in ("default.yaml", "ml-100k.yaml", "synth-25m.yaml"):
+        assert (K8S / "base/conf" / name).read_text() == (ROOT / "conf" / name).read_text(), \
+            f"k8s/base/conf/{name} differs from conf/{name}: run `make k8s-conf`"
+    assert (K8S / "components/spark-submit/job-defaults.yaml").read_text() == \
+        (K8S / "base/job-defaults.yaml").read_text(), "k8s/components/spark-submit/job-defaults.yaml is stale: run `make k8s-conf`"
+
+
 def test_yamllint_is_clean():
     out = subprocess.run([str(VENV_BIN / "yamllint"), "-c", str(ROOT / ".yamllint"), "-f", "parsable", "k8s", "conf"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -195,8 +218,8 @@ def test_custom_resource_pod_templates_validate_as_pods(rendered):
     for overlay, docs in rendered.items():
         pods = _pods(docs)
         # fetch, export, index, evaluate Jobs; MPIJob launcher + worker; Spark driver + executor
-        # (the spark-submit overlay: the prepare Job + the executor pod template)
-        assert len(pods) == 8, (overlay, [p["metadata"]["name"] for p in pods])
+        # (the spark-submit overlay: the prepare Job + the executor pod template); the serve Deployment
+        assert len(pods) == 9, (overlay, [p["metadata"]["name"] for p in pods])
         for pod in pods:
             _validate(pod)
 
@@ -251,6 +274,44 @@ def test_batch_objects_are_bounded(rendered):
             assert app["spec"]["timeToLiveSeconds"] > 0
             assert app["spec"]["restartPolicy"]["type"] in ("Never", "OnFailure")
             assert app["spec"]["restartPolicy"].get("onFailureRetries", 0) <= 5
+
+
+def test_serve_deployment_and_service(rendered):
+    for overlay, docs in rendered.items():
+        dep, svc = _one(docs, "Deployment", "recsys-serve"), _one(docs, "Service", "recsys-serve")
+        spec = dep["spec"]
+        assert spec["replicas"] >= 1 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, overlay
+        pod = spec["template"]
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()), overlay
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), "the Service selects the pods"
+        (c,) = pod["spec"]["containers"]
+        assert c["command"][:2] == ["recsys", "serve"] and "--wait-for-index" in c["command"]
+        assert c["command"][c["command"].index("--config") + 1] == f"{IMAGE_CONF}/pipeline.yaml"
+        assert c["command"][c["command"].index("--host") + 1] == "0.0.0.0"
+        port = int(c["command"][c["command"].index("--port") + 1])
+        (cport,) = c["ports"]
+        assert cport["containerPort"] == port and svc["spec"]["ports"][0]["targetPort"] == cport["name"]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert c[probe]["httpGet"]["port"] == cport["name"], probe
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        # the index comes from the data volume: paths.index is relative to the working dir /data
+        assert c["workingDir"] == "/data"
+        data = [m for m in c["volumeMounts"] if m["mountPath"] == "/data"]
+        assert data and data[0]["readOnly"] is True
+        vol = next(v for v in pod["spec"]["volumes"] if v["name"] == data[0]["name"])
+        assert vol["persistentVolumeClaim"]["claimName"] == _one(docs, "PersistentVolumeClaim", "recsys-data")["metadata"]["name"]
+        pipeline = yaml.safe_load(_one(docs, "ConfigMap", "recsys-conf")["data"]["pipeline.yaml"])
+        index = (pipeline.get("paths") or {}).get("index") or "runs/ml-100k/index"
+        assert not index.startswith("/"), "paths.index must resolve under the data volume"
+        # the same pod security as the Jobs
+        job = _one(docs, "Job", "recsys-export")["spec"]["template"]["spec"]
+        assert pod["spec"]["securityContext"] == job["securityContext"]
+        assert c["securityContext"] == job["containers"][0]["securityContext"]
+        assert pod["spec"]["serviceAccountName"] == job["serviceAccountName"]
+        assert pod["spec"]["automountServiceAccountToken"] is False
 
 
 def test_mpijob_fields(rendered):
