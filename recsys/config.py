@@ -340,6 +340,9 @@ class EvaluateConfig:
     ease: EaseConfig = field(default_factory=EaseConfig)
     item_knn: ItemKnnConfig = field(default_factory=ItemKnnConfig)
     implicit_als: ImplicitAlsConfig = field(default_factory=ImplicitAlsConfig)
+
+
+@dataclass
 class ServeConfig:
     """The HTTP service over an index directory (``recsys serve``)."""
 

@@ -450,6 +450,12 @@ def restore(run: Run, resume: bool) -> _Progress:
                 progress.best, progress.bad_epochs = history[best_at]["valid_selection"], len(history) - 1 - best_at
         else:
             _log(f"--resume: no checkpoint in {run.model_dir / 'checkpoints'}, starting fresh")
+        if _finished(run, progress):
+            _log(f"--resume: the checkpointed run had finished (epoch {progress.epoch} of train.epochs "
+                 f"{run.cfg.train.epochs}, {progress.bad_epochs} epochs without improvement, patience "
+                 f"{run.cfg.train.early_stopping_patience}): nothing left to train, the model in {run.model_dir} "
+                 "is kept. Raise train.epochs or train.early_stopping_patience to train further, or run without "
+                 "--resume to start over")
     if hvd.rank() == 0:
         run.model_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
@@ -458,6 +464,13 @@ def restore(run: Run, resume: bool) -> _Progress:
 
 
 RUN_CONFIG = "run_config.json"  # the config of the run that wrote the checkpoints
+
+
+def _finished(run: Run, progress) -> bool:
+    """True when the run has nothing left to train: every epoch done, or early stopping reached
+    (a resumed run that stopped early does not train one more epoch just to stop again)."""
+    cfg = run.cfg.train
+    return progress.epoch >= cfg.epochs or (bool(progress.history) and progress.bad_epochs >= cfg.early_stopping_patience)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -635,7 +648,7 @@ def fit_static(run: Run, progress) -> None:
     it, valid_ds = inputs(run, rank, size)
     steps = run.steps_per_epoch(size)
     try:
-        while progress.epoch < run.cfg.train.epochs:
+        while not _finished(run, progress):
             t0, losses, seen = time.time(), [], 0
             for i in range(steps):
                 x, y = next(it)
@@ -672,7 +685,7 @@ def fit_elastic(run: Run, start) -> object:
         banner(run, size)
         it, valid_ds = inputs(run, rank, size)
         global_batch = run.batch_examples * size
-        while state.epoch < run.cfg.train.epochs:
+        while not _finished(run, state):
             t0, losses, seen = time.time(), [], 0
             # the rest of the epoch at the current size (all of it unless resumed mid-epoch)
             steps = min(max(0, (run.total - state.examples_done) // global_batch), run.steps_per_epoch(size))

@@ -193,6 +193,15 @@ def test_resume_checks_the_config_and_falls_back_from_a_damaged_checkpoint(prepa
     assert "ckpt-2 cannot be read" in again.stderr and "resumed from" in again.stderr and "ckpt-1 at epoch 1" in again.stderr
     assert "train.learning_rate changed 0.002 -> 0.001" in again.stderr
     assert [h["epoch"] for h in json.loads((model_dir / "model.json").read_text())["history"]] == [1, 2, 3]
+    # the run has finished: resuming it with a new learning rate says so and keeps the model (exit 0)
+    before = (model_dir / "model.json").read_text()
+    done = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
+                                     "--set", "train.learning_rate=0.0005", "--set", "train.early_stopping_patience=10"),
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the checkpointed run had finished (epoch 3 of train.epochs 3" in done.stderr, done.stderr[-3000:]
+    assert "nothing left to train" in done.stderr and "epoch 4" not in done.stderr
+    assert json.loads((model_dir / "model.json").read_text())["history"] == json.loads(before)["history"]
 
 
 def test_fixed_seed_on_one_rank_is_reproducible(prepared, tmp_path):
