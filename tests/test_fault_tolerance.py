@@ -135,10 +135,13 @@ def _examples(record: bytes) -> int:
 
 
 def _rewrite_train_shards(src: Path, dest: Path, sizes: list[float]) -> list[int]:
-    """Copy a prepared dir, re-cutting its train records into shards of the given fractions;
-    the manifest's paths, counts and checksums follow. Returns the record count per shard."""
+    """Copy a prepared dir, re-cutting its train records into shards of the given fractions (and
+    its ratings_train/ Parquet parts into as many parts); the manifest's paths, counts and
+    checksums follow. Returns the record count per shard."""
     import shutil
 
+    import numpy as np
+    import pandas as pd
     import tensorflow as tf
 
     from recsys.checksums import sha256_file
@@ -160,6 +163,13 @@ def _rewrite_train_shards(src: Path, dest: Path, sizes: list[float]) -> list[int
         shards.append({"path": path, "records": cuts[i + 1] - cuts[i],
                        "examples": sum(_examples(r) for r in records[cuts[i]:cuts[i + 1]]),
                        "sha256": sha256_file(dest / path)})
+    table = pd.read_parquet(dest / "ratings_train")
+    shutil.rmtree(dest / "ratings_train")
+    (dest / "ratings_train").mkdir()
+    for i, (shard, rows) in enumerate(zip(shards, np.array_split(np.arange(len(table)), len(shards)))):
+        shard["table"] = f"ratings_train/uneven-{i:05d}.parquet"
+        table.iloc[rows].to_parquet(dest / shard["table"], index=False)
+        shard["table_sha256"] = sha256_file(dest / shard["table"])
     split["shards"] = shards
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return [s["records"] for s in shards]
