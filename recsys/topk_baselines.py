@@ -9,8 +9,8 @@
 
 Every baseline follows :class:`recsys.evaluation.Recommender` (``fit`` / ``scores``); none
 predicts ratings (``rates = False``). Interactions are binary: a rating of any value is a 1.
-``scores`` is called for a block of users (``evaluate.block_users``), so the users x movies
-scores are never materialised whole.
+``scores`` is called for a block of users (at most ``evaluate.block_users``, fewer when
+``evaluate.block_memory_gb`` says so), so the users x movies scores are never materialised whole.
 """
 
 from __future__ import annotations
@@ -154,11 +154,11 @@ class Tuned(Recommender):
     kind = "top-k"
 
     def __init__(self, label: str, make: Callable[..., Recommender], grid: list[dict], metric: str = "ndcg@10",
-                 block_users: int = 256, liked_share: float = 0.75):
+                 block_users: int = 256, liked_share: float = 0.75, block_memory_gb: float | None = None):
         if not grid:
             raise ValueError(f"{label}: empty tuning grid")
         self.label, self.make, self.grid, self.metric = label, make, grid, metric
-        self.block_users, self.liked_share = block_users, liked_share
+        self.block_users, self.liked_share, self.block_memory_gb = block_users, liked_share, block_memory_gb
         self.tuning: dict = {}
 
     def unavailable(self, data: Data) -> str | None:
@@ -177,7 +177,8 @@ class Tuned(Recommender):
             for point in self.grid:
                 t0 = time.time()
                 rec = self.make(**point).fit(view)
-                value = ranking_metrics(rec, view, ks=(k,), block=self.block_users, liked_share=self.liked_share)[0][self.metric]
+                value = ranking_metrics(rec, view, ks=(k,), block=self.block_users, liked_share=self.liked_share,
+                                        block_memory_gb=self.block_memory_gb)[0][self.metric]
                 trials.append({"params": point, self.metric: value, "fit_seconds": round(time.time() - t0, 2)})
                 _log(f"  {self.label} {point}: validation {self.metric} {value:.4f}")
                 del rec
@@ -200,7 +201,8 @@ def grid(**axes: list) -> list[dict]:
 def topk_baselines(ev, include_slow: bool = True) -> list[Recommender]:
     """The tuned top-k baselines from ``ev`` (an :class:`recsys.config.EvaluateConfig`); Spark's
     implicit ALS only with ``include_slow``."""
-    common = {"metric": ev.tune_metric, "block_users": ev.block_users, "liked_share": ev.liked_share}
+    common = {"metric": ev.tune_metric, "block_users": ev.block_users, "liked_share": ev.liked_share,
+              "block_memory_gb": ev.block_memory_gb}
     out: list[Recommender] = [
         Tuned(Ease.label, lambda lam: Ease(lam, ev.ease.max_items), grid(lam=ev.ease.lambdas), **common),
         Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items),
