@@ -253,16 +253,16 @@ class NeighbourCF(Recommender):
         if self.k < S.shape[0]:  # keep each row's k strongest neighbours
             cut = np.partition(np.abs(S), -self.k, axis=1)[:, -self.k][:, None]
             S = np.where(np.abs(S) >= cut, S, 0.0)
-        self.S, self.C, self.M = S, C, M
+        self.S, self.S_abs, self.C, self.M = S, np.abs(S), C, M  # |S| once, not per block of users
         return self
 
     def _dev(self, users):
         if self.user_based:
             S = self.S[users]  # [B, U]
-            num = S @ self.C; den = np.abs(S) @ self.M
+            num = S @ self.C; den = self.S_abs[users] @ self.M
         else:
             num = self.C[users] @ self.S.T  # [B, I]
-            den = self.M[users] @ np.abs(self.S).T
+            den = self.M[users] @ self.S_abs.T
         return np.where(den > 1e-9, num / np.maximum(den, 1e-9), 0.0)
 
     def predict(self, u, m):
