@@ -329,7 +329,7 @@ class EvaluateConfig:
     block_users: int = 256  # users scored at once: bounds every users x movies score block
     block_memory_gb: float = 1.0  # working memory of one score block (32 bytes per user x movie cell): fewer users
     #                               per block when the catalog is large; rating predictions likewise (1 KiB per pair)
-    sample_users: int = 0  # top-k metrics on a seeded sample of this many users with test ratings (0: all)
+    sample_users: int = 0  # top-k metrics (and tuning) on a seeded sample of this many users (0: all)
     liked_share: float = 0.75  # the "liked" relevance variant: rated >= min + share * (max - min)
     tune_metric: str = field(default="ndcg@10", metadata=_choices(
         "ndcg@10", "recall@10", "map@10", "precision@10", "hit_rate@10"))

@@ -154,11 +154,13 @@ class Tuned(Recommender):
     kind = "top-k"
 
     def __init__(self, label: str, make: Callable[..., Recommender], grid: list[dict], metric: str = "ndcg@10",
-                 block_users: int = 256, liked_share: float = 0.75, block_memory_gb: float | None = None):
+                 block_users: int = 256, liked_share: float = 0.75, block_memory_gb: float | None = None,
+                 sample_users: int = 0, seed: int = 0):
         if not grid:
             raise ValueError(f"{label}: empty tuning grid")
         self.label, self.make, self.grid, self.metric = label, make, grid, metric
         self.block_users, self.liked_share, self.block_memory_gb = block_users, liked_share, block_memory_gb
+        self.sample_users, self.seed = sample_users, seed  # validation users ranked per trial (0: all)
         self.tuning: dict = {}
 
     def unavailable(self, data: Data) -> str | None:
@@ -173,12 +175,14 @@ class Tuned(Recommender):
             _log(f"{self.label}: no validation split (prepare.split.validation_fraction is 0): not tuned, using {best}")
         else:
             _log(f"{self.label}: tuning budget {len(self.grid)} fits on train, scored by validation {self.metric} "
-                 f"({len(view.test):,} validation ratings)")
+                 f"({len(view.test):,} validation ratings"
+                 + (f"; a seeded sample of {self.sample_users:,} validation users)" if self.sample_users else ")"))
             for point in self.grid:
                 t0 = time.time()
                 rec = self.make(**point).fit(view)
                 value = ranking_metrics(rec, view, ks=(k,), block=self.block_users, liked_share=self.liked_share,
-                                        block_memory_gb=self.block_memory_gb)[0][self.metric]
+                                        block_memory_gb=self.block_memory_gb, sample_users=self.sample_users,
+                                        seed=self.seed)[0][self.metric]
                 trials.append({"params": point, self.metric: value, "fit_seconds": round(time.time() - t0, 2)})
                 _log(f"  {self.label} {point}: validation {self.metric} {value:.4f}")
                 del rec
@@ -202,7 +206,7 @@ def topk_baselines(ev, include_slow: bool = True) -> list[Recommender]:
     """The tuned top-k baselines from ``ev`` (an :class:`recsys.config.EvaluateConfig`); Spark's
     implicit ALS only with ``include_slow``."""
     common = {"metric": ev.tune_metric, "block_users": ev.block_users, "liked_share": ev.liked_share,
-              "block_memory_gb": ev.block_memory_gb}
+              "block_memory_gb": ev.block_memory_gb, "sample_users": ev.sample_users, "seed": ev.seed}
     out: list[Recommender] = [
         Tuned(Ease.label, lambda lam: Ease(lam, ev.ease.max_items), grid(lam=ev.ease.lambdas), **common),
         Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items),

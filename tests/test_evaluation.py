@@ -194,15 +194,17 @@ def test_sampled_users_are_a_seeded_subset_with_a_confidence_interval():
     assert (lo, hi) == pytest.approx((v.mean() - half, v.mean() + half))
 
 
-def _write_prepared(data: Data, directory):
-    """A prepared directory (manifest, users, movies, ratings_train/test) holding ``data``."""
+def _write_prepared(data: Data, directory, n_valid: int = 0):
+    """A prepared directory (manifest, users, movies, ratings_train/valid/test) holding ``data``;
+    the last ``n_valid`` training ratings are the validation split."""
     import json
 
     directory.mkdir()
     (directory / "manifest.json").write_text(json.dumps({"stats": {"rating_min": 1.0, "rating_max": 5.0}}))
     data.users.to_parquet(directory / "users.parquet")
     data.movies.to_parquet(directory / "movies.parquet")
-    for split, frame in (("train", data.train), ("test", data.test)):
+    n_fit = len(data.train) - n_valid
+    for split, frame in (("train", data.train.iloc[:n_fit]), ("valid", data.train.iloc[n_fit:]), ("test", data.test)):
         (directory / f"ratings_{split}").mkdir()
         pd.DataFrame({"user_id": data.users.user_id.to_numpy()[frame.u], "movie_id": data.movies.movie_id.to_numpy()[frame.m],
                       "rating": frame.rating}).to_parquet(directory / f"ratings_{split}" / "part-0.parquet")
@@ -238,7 +240,7 @@ def test_baselines_past_their_limits_skip_with_one_line_naming_the_knob(tmp_path
     from recsys.evaluation import evaluate
 
     data = _random_case(n_u=30, n_m=20)
-    _write_prepared(data, tmp_path / "prepared")
+    _write_prepared(data, tmp_path / "prepared", n_valid=40)
     ev = EvaluateConfig(sample_users=5)
     ev.rating_knn.max_cells, ev.ease.max_items, ev.svd.max_ratings = 500, 19, 100
     ev.item_knn.neighbours = [2]
@@ -257,6 +259,7 @@ def test_baselines_past_their_limits_skip_with_one_line_naming_the_knob(tmp_path
     assert "EASE skipped: 20 movies > evaluate.ease.max_items 19" in report
     assert f"over 5 of {data.test.u.nunique()} users with test ratings (a seeded sample" in report
     assert results["popularity"]["ranking_users"] == 5
+    assert "a seeded sample of 5 validation users" in err  # tuning ranks the same number of users
     # the similarity matrix counts too: 30 x 30 users > 800 cells, 20 x 20 movies fit
     ev.rating_knn.max_cells = 800
     user_knn, item_knn = NeighbourCF(True, 5, 800), NeighbourCF(False, 5, 800)
