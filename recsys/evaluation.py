@@ -4,7 +4,8 @@ Protocol (the same for every recommender):
 
 * Rating accuracy: RMSE, MAE, MSE of predictions clipped to the rating scale, on the test
   split and on the cold-user / cold-movie test sets when prepare made them.
-* Top-K (K = 5, 10, 20) for every user with test ratings: candidates are the movies the
+* Top-K (K = 5, 10, 20) for every user with test ratings (or a seeded sample of
+  ``evaluate.sample_users`` of them, with NDCG@10's 95% interval): candidates are the movies the
   user did not rate in training (train + validation splits); relevant are all movies the
   user rated in the test split (variant ``_rel4``, "liked": rated at least
   ``rating_min + liked_share * (rating_max - rating_min)`` of the manifest's rating scale, 4 on
@@ -26,6 +27,13 @@ and SVD++, Spark MLlib ALS (explicit). Top-k baselines, tuned on the validation 
 (implicit). Every setting comes from the config's ``evaluate`` section; the report names, per
 metric, the best baseline and the model's difference from it. Statistics come from the
 training split only.
+
+Memory is bounded at any scale: seen and test movies are scipy CSR matrices, users are ranked
+in blocks sized by ``evaluate.block_memory_gb`` (never a users x movies array), rating errors
+are summed block by block, and a baseline that cannot run at a size (``unavailable``: dense
+rating KNN above ``evaluate.rating_knn.max_cells``, EASE above ``evaluate.ease.max_items``,
+Surprise SVD / SVD++ above ``evaluate.svd.max_ratings`` / ``evaluate.svdpp.max_ratings``) is
+skipped with one line naming its limit.
 """
 
 from __future__ import annotations
@@ -502,7 +510,7 @@ def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256,
     """Top-K metrics; also returns the evaluated users and their top-max(K) lists.
 
     Users with test ratings are ranked in blocks of :func:`block_rows` users ([block, n_movies]
-    float64 scores at once), their seen and test movies read from sparse matrices: memory is
+    scores at once), their seen and test movies read from sparse matrices: memory is
     bounded by the block, never users x movies. ``sample_users`` > 0: only a seeded sample of
     that many users (without replacement). The ``_rel4`` variant counts as relevant only test
     ratings >= :func:`liked_threshold`; a metric averages over users with at least one relevant
