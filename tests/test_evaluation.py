@@ -106,8 +106,10 @@ class RandomScores(Recommender):
 
     def __init__(self, n_u, n_m, seed=1):
         self.table = np.random.default_rng(seed).normal(size=(n_u, n_m))
+        self.largest_block = 0  # the most users scored in one call
 
     def scores(self, users):
+        self.largest_block = max(self.largest_block, len(users))
         return self.table[users]
 
 
@@ -149,7 +151,9 @@ def test_ranking_in_one_user_blocks_equals_one_block_and_the_definitions():
     tiny = 1e-9  # GiB: far below one user's row of scores, so every block holds one user
     assert block_rows(data.n_movies, 256, tiny) == 1 and block_rows(data.n_movies, 256, None) == 256
     small, users_s, tops_s = ranking_metrics(rec, data, ks=(1, 3, 5), block_memory_gb=tiny)
+    assert rec.largest_block == 1
     whole, users_w, tops_w = ranking_metrics(rec, data, ks=(1, 3, 5), block=10_000)
+    assert rec.largest_block == len(users_w)
     assert users_s.tolist() == users_w.tolist() == sorted(set(data.test.u))
     assert (tops_s == tops_w).all()
     reference = _straightforward_ranking(rec.table, data, (1, 3, 5))
@@ -164,11 +168,22 @@ def test_ranking_in_one_user_blocks_equals_one_block_and_the_definitions():
         assert tops_s[row].tolist() == unseen[:5]
 
 
+class CountingBias(Bias):
+    """Bias that records the most pairs predicted in one call."""
+
+    largest_block = 0
+
+    def predict(self, u, m):
+        self.largest_block = max(self.largest_block, len(u))
+        return super().predict(u, m)
+
+
 def test_rating_errors_streamed_one_pair_at_a_time_equal_the_whole_array():
     data = _random_case()
-    bias = Bias(reg=1.0, iters=5).fit(data)
+    bias = CountingBias(reg=1.0, iters=5).fit(data)
     tiny = 1e-9  # GiB: one pair per block
     m = rating_metrics(bias, data.test, 1.0, 5.0, block_memory_gb=tiny)
+    assert bias.largest_block == 1
     err = np.clip(bias.mu + bias.bu[data.test.u] + bias.bm[data.test.m], 1, 5) - data.test.rating.to_numpy()
     assert m["n"] == len(data.test)
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-12)
