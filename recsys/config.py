@@ -310,6 +310,7 @@ class ItemKnnConfig:
 
     neighbours: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
     block_items: int = 2048  # candidate movies whose similarity column is computed at once
+    max_items: int = 20_000  # its time grows with movies x movies: skipped above this many movies
 
 
 @dataclass
@@ -586,8 +587,9 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.evaluate.block_memory_gb > 0, "evaluate.block_memory_gb", "must be positive (GiB of one score block)"),
         (cfg.evaluate.sample_users >= 0, "evaluate.sample_users", "must be 0 (every user) or positive"),
         (min(cfg.evaluate.svd.max_ratings, cfg.evaluate.svdpp.max_ratings, cfg.evaluate.rating_knn.max_cells,
-             cfg.evaluate.ease.max_items) >= 0,
-         "evaluate", "svd.max_ratings, svdpp.max_ratings, rating_knn.max_cells and ease.max_items must be 0 or positive"),
+             cfg.evaluate.ease.max_items, cfg.evaluate.item_knn.max_items) >= 0,
+         "evaluate", "svd.max_ratings, svdpp.max_ratings, rating_knn.max_cells, ease.max_items and "
+                     "item_knn.max_items must be 0 or positive"),
         (0.0 < cfg.evaluate.liked_share <= 1.0, "evaluate.liked_share", "must be in (0, 1]"),
         (len(cfg.evaluate.ease.lambdas) > 0 and min(cfg.evaluate.ease.lambdas, default=0) > 0,
          "evaluate.ease.lambdas", "must be a non-empty list of positive numbers"),

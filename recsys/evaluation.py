@@ -31,7 +31,8 @@ training split only.
 Memory is bounded at any scale: seen and test movies are scipy CSR matrices, users are ranked
 in blocks sized by ``evaluate.block_memory_gb`` (never a users x movies array), rating errors
 are summed block by block, and a baseline that cannot run at a size (``unavailable``: dense
-rating KNN above ``evaluate.rating_knn.max_cells``, EASE above ``evaluate.ease.max_items``,
+rating KNN above ``evaluate.rating_knn.max_cells``, EASE and ItemKNN above
+``evaluate.ease.max_items`` / ``evaluate.item_knn.max_items`` movies,
 Surprise SVD / SVD++ above ``evaluate.svd.max_ratings`` / ``evaluate.svdpp.max_ratings``) is
 skipped with one line naming its limit.
 """

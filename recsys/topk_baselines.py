@@ -70,13 +70,20 @@ class ItemKnn(Recommender):
 
     Each candidate movie j keeps its ``neighbours`` most similar other movies N(j); the score of
     user u for j is ``sum over i in (movies of u) & N(j) of sim(i, j)``. The similarities are
-    computed ``block_items`` candidate columns at a time and kept sparse ([n_movies, k] non-zeros).
+    computed ``block_items`` candidate columns at a time and kept sparse ([n_movies, k] non-zeros):
+    time grows with movies x movies (skipped above ``max_items`` movies).
     """
 
     label, rates, kind = "ItemKNN (implicit, cosine)", False, "top-k"
 
-    def __init__(self, neighbours: int, block_items: int):
-        self.k, self.block = int(neighbours), int(block_items)
+    def __init__(self, neighbours: int, block_items: int, max_items: int | None = None):
+        self.k, self.block, self.max_items = int(neighbours), int(block_items), max_items
+
+    def unavailable(self, data: Data) -> str | None:
+        if self.max_items is not None and data.n_movies > self.max_items:
+            return (f"{data.n_movies:,} movies > evaluate.item_knn.max_items {self.max_items:,} "
+                    f"(it computes every movie's similarity to every other: {data.n_movies ** 2:,} cells per fit)")
+        return None
 
     def fit(self, data):
         from scipy import sparse
@@ -209,7 +216,7 @@ def topk_baselines(ev, include_slow: bool = True) -> list[Recommender]:
               "block_memory_gb": ev.block_memory_gb, "sample_users": ev.sample_users, "seed": ev.seed}
     out: list[Recommender] = [
         Tuned(Ease.label, lambda lam: Ease(lam, ev.ease.max_items), grid(lam=ev.ease.lambdas), **common),
-        Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items),
+        Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items, ev.item_knn.max_items),
               grid(neighbours=ev.item_knn.neighbours), **common),
     ]
     if include_slow:

@@ -282,6 +282,20 @@ def test_baselines_past_their_limits_skip_with_one_line_naming_the_knob(tmp_path
     assert item_knn.unavailable(data) is None
 
 
+def test_item_knn_skips_above_its_movie_limit_with_one_line():
+    from recsys.config import EvaluateConfig
+    from recsys.topk_baselines import ItemKnn, topk_baselines
+
+    data = _random_case(n_u=30, n_m=20)
+    assert ItemKnn(5, 4, 20).unavailable(data) is None
+    reason = ItemKnn(5, 4, 19).unavailable(data)
+    assert reason.startswith("20 movies > evaluate.item_knn.max_items 19 (") and "\n" not in reason
+    ev = EvaluateConfig()
+    ev.item_knn.max_items = 19
+    tuned = {r.label: r for r in topk_baselines(ev, include_slow=False)}["ItemKNN (implicit, cosine)"]
+    assert tuned.unavailable(data) == reason
+
+
 @pytest.mark.parametrize("override, key", [("evaluate.block_memory_gb=0", "evaluate.block_memory_gb"),
                                            ("evaluate.sample_users=-1", "evaluate.sample_users"),
                                            ("evaluate.svdpp.max_ratings=-5", "evaluate")])
