@@ -165,6 +165,12 @@ class Recommender:
         self._ms, self._mr = _matrix(movies["score"]), _matrix(movies["rank"])
         self._msim = _matrix(movies["similarity"])
         self._us, self._ur = _matrix(users["score"]), _matrix(users["rank"])
+        # the table columns as Python lists: a list lookup per row is far cheaper than pandas .at
+        # (about 30 per top-10 answer)
+        self._movie_fields = (movies["movie_id"].astype("int64").tolist(), movies["title"].tolist(),
+                              movies["genres"].tolist())
+        self._user_fields = (users["user_id"].astype("int64").tolist(), users["gender"].tolist(),
+                             [None if pd.isna(a) else int(a) for a in users["age"]], users["occupation"].tolist())
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
         self._user_row = {int(v): i for i, v in enumerate(users["user_id"])}
         # seen movies as catalog rows, mapped once here rather than on every query
@@ -263,8 +269,9 @@ class Recommender:
         return self._row(self._movie_row, movie_id, "movie", "similar_to_new_movie")
 
     def _movie_rows(self, rows, scores, as_frame: bool):
-        out = [{"movie_id": int(self.movies.at[r, "movie_id"]), "title": self.movies.at[r, "title"],
-                "genres": self.movies.at[r, "genres"], "score": float(s)} for r, s in zip(rows, scores)]
+        ids, titles, genres = self._movie_fields
+        out = [{"movie_id": ids[r], "title": titles[r], "genres": genres[r], "score": float(s)}
+               for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
     def _search_movies(self, rank_query: np.ndarray, score_query: np.ndarray, k: int,
@@ -314,9 +321,9 @@ class Recommender:
         return self._movie_rows(rows[0][keep][:k], scores[0][keep][:k], as_frame)
 
     def _user_rows(self, rows, scores, as_frame):
-        out = [{"user_id": int(self.users.at[r, "user_id"]), "gender": self.users.at[r, "gender"],
-                "age": None if pd.isna(self.users.at[r, "age"]) else int(self.users.at[r, "age"]),
-                "occupation": self.users.at[r, "occupation"], "score": float(s)} for r, s in zip(rows, scores)]
+        ids, genders, ages, occupations = self._user_fields
+        out = [{"user_id": ids[r], "gender": genders[r], "age": ages[r], "occupation": occupations[r],
+                "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
     def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool,
