@@ -119,7 +119,9 @@ def pair_matrix(frame: pd.DataFrame, n_users: int, n_movies: int):
 
 def load_data(prepared: str | Path) -> Data:
     prepared = Path(prepared)
-    manifest = json.loads((prepared / "manifest.json").read_text())
+    from recsys.prepare.job import load_manifest
+
+    manifest = load_manifest(prepared)  # its version and the tables' checksums verified
     users = pd.read_parquet(prepared / "users.parquet")
     movies = pd.read_parquet(prepared / "movies.parquet")
     urow = pd.Series(np.arange(len(users)), index=users.user_id)
@@ -387,13 +389,14 @@ class ServedModel(Recommender):
 
     kind = "model"  # ours, as served
 
-    def __init__(self, index_dir, label: str | None = None):
-        self.index_dir, self.label = index_dir, label
+    def __init__(self, index_dir, label: str | None = None, prepared=None):
+        # prepared: the data evaluated on; a served model from other prepared data is refused
+        self.index_dir, self.label, self.prepared = index_dir, label, prepared
 
     def fit(self, data):
         from recsys.serving import Recommender as Served
 
-        rec = Served.load(self.index_dir)
+        rec = Served.load(self.index_dir, prepared=self.prepared)
         self.served = rec
         self.rates = rec.rates
         self.label = self.label or f"{rec.info.get('label', rec.info['kind'])} (ours)"
@@ -692,7 +695,7 @@ def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_
 
     ev = settings or EvaluateConfig()
     data = load_data(prepared)
-    recs: list[Recommender] = [ServedModel(d, label) for label, d in served.items()]
+    recs: list[Recommender] = [ServedModel(d, label, prepared) for label, d in served.items()]
     recs += baselines(include_slow, ev)
     liked = liked_threshold(data, ev.liked_share)
     results: dict[str, dict] = {}

@@ -326,3 +326,15 @@ T.train(cfg, resume=True)
     distance = np.sqrt(sum(((clean[k] - resumed[k]) ** 2).sum() for k in model))
     relative = distance / np.sqrt(sum((clean[k] ** 2).sum() for k in model))
     assert relative < RESUME_WEIGHTS_TOLERANCE, relative
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_served_model_from_other_prepared_data(served, tmp_path):
+    """`recsys evaluate` (and each --compare) scores a serving directory only on the prepared data
+    it was built from: another prepare run's data is one clear error, never wrong numbers."""
+    from recsys.evaluation import evaluate
+
+    other = _reprepared(Path(served.paths.prepared), tmp_path / "other")
+    with pytest.raises(ArtifactError, match="come from different prepared data"):
+        evaluate(other, {None: served.paths.index}, tmp_path / "report", include_slow=False)
+    assert not (tmp_path / "report" / "metrics.json").exists()
