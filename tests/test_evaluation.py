@@ -214,15 +214,26 @@ def _write_prepared(data: Data, directory, n_valid: int = 0):
     the last ``n_valid`` training ratings are the validation split."""
     import json
 
+    from recsys.checksums import sha256_file
+    from recsys.prepare.job import MANIFEST_VERSION
+
     directory.mkdir()
-    (directory / "manifest.json").write_text(json.dumps({"stats": {"rating_min": 1.0, "rating_max": 5.0}}))
     data.users.to_parquet(directory / "users.parquet")
     data.movies.to_parquet(directory / "movies.parquet")
     n_fit = len(data.train) - n_valid
+    splits = {}
     for split, frame in (("train", data.train.iloc[:n_fit]), ("valid", data.train.iloc[n_fit:]), ("test", data.test)):
         (directory / f"ratings_{split}").mkdir()
+        part = f"ratings_{split}/part-0.parquet"
         pd.DataFrame({"user_id": data.users.user_id.to_numpy()[frame.u], "movie_id": data.movies.movie_id.to_numpy()[frame.m],
-                      "rating": frame.rating}).to_parquet(directory / f"ratings_{split}" / "part-0.parquet")
+                      "rating": frame.rating}).to_parquet(directory / part)
+        splits[split] = {"shards": [{"table": part, "table_sha256": sha256_file(directory / part)}]}
+    # the manifest fields evaluation reads and verifies (version, table checksums, rating scale)
+    manifest = {"manifest_version": MANIFEST_VERSION, "stats": {"rating_min": 1.0, "rating_max": 5.0},
+                "tables": {name: {"path": name, "sha256": sha256_file(directory / name)}
+                           for name in ("users.parquet", "movies.parquet")},
+                "splits": splits}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_evaluate_under_a_tiny_memory_knob_gives_the_same_report(tmp_path):
