@@ -218,3 +218,23 @@ def test_fixed_seed_on_one_rank_is_reproducible(prepared, tmp_path):
         histories.append([(h["train_loss"], h["valid_rmse"]) for h in hist])
     assert histories[0] == histories[1]
     assert histories[0] != histories[2]
+
+
+def test_a_split_without_validation_data_is_refused_not_selected_on_test(prepared, tmp_path):
+    """Model selection never uses the test split: prepared data with no validation split (what
+    prepare writes with prepare.split.validation_fraction=0) stops training with one line."""
+    import shutil
+
+    base, overrides = prepared
+    no_valid = tmp_path / "prepared"
+    shutil.copytree(base / "prepared", no_valid)
+    manifest = json.loads((no_valid / "manifest.json").read_text())
+    del manifest["splits"]["valid"]
+    shutil.rmtree(no_valid / "ratings_valid")
+    (no_valid / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run(_train_cmd(base, overrides + [f"paths.prepared={no_valid}"], 1, tmp_path / "m",
+                                     "--set", "train.epochs=1"), env=ENV, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "has no validation split" in errors[0] and "validation_fraction" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m" / "checkpoints").exists()
