@@ -221,6 +221,7 @@ class ModelConfig:
     retrieval_weight: float = 0.3  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
+    retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
     bpr: BPRConfig = field(default_factory=BPRConfig)
 
 
@@ -552,6 +553,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.model.bpr.l2 >= 0, "model.bpr.l2", "must be 0 or more"),
         (cfg.train.validation_users >= 1, "train.validation_users", "must be at least 1"),
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
+        (cfg.model.retrieval_group_size >= 1, "model.retrieval_group_size", "must be at least 1 (examples per group)"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),

@@ -272,30 +272,69 @@ class RatingNetwork(RecModel):
         if self.retrieval:
             ids = x["movie_id"]
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
-                uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature)
+                uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature,
+                self.cfg.retrieval_group_size)
         if self.losses:
             out["regularization"] = float32_sum(self.losses)  # precision: add_loss terms may be float16
         return out
 
 
 def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
-                   temperature: float) -> tf.Tensor:
-    """In-batch softmax with sampling-bias (logQ) correction, over the rank vectors.
+                   temperature: float, group_size: int | None = None) -> tf.Tensor:
+    """In-batch softmax with sampling-bias (logQ) correction, over the rank vectors, in groups.
 
-    Each user's rated movie is the positive; the batch's other movies are the negatives. They
-    were sampled in proportion to their popularity q_m, so log q_m is subtracted from their
-    logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u), popularity
-    included. The logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` is ``(<u, m> + <u_r, m_r>) / T + c_m``.
-    Memory: one [B, B] block per batch (the batch is the fixed-size group).
+    The batch is cut into consecutive groups of ``group_size`` examples (``model.retrieval_group_size``);
+    inside a group each user's rated movie is the positive and the group's other movies are the
+    negatives. They were sampled in proportion to their popularity q_m, so log q_m is subtracted
+    from their logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u),
+    popularity included. The logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` is
+    ``(<u, m> + <u_r, m_r>) / T + c_m``. The loss is the mean over the batch's examples.
+
+    Cost: ``B / G`` blocks of [G, G] logits, so memory and compute grow linearly with the batch
+    B (one [B, B] block when ``group_size`` is None or at least B: the plain in-batch softmax).
+    A batch that ``group_size`` does not divide gets a shorter last group (padded to G, the
+    padding masked out of the softmax and the mean).
 
     Args:
         user_rank, movie_rank: rank vectors [B, R] of the batch's (user, movie) pairs.
         movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
+        group_size: examples per group G (None: the whole batch).
+    Returns: scalar float32.
     """
-    logits = tf.matmul(user_rank, movie_rank, transpose_b=True) / temperature - log_q[None, :]  # [B, B]
-    # the same movie elsewhere in the batch is not a negative for this user
-    same = tf.equal(movie_ids[:, None], movie_ids[None, :])
-    others = tf.logical_not(tf.eye(tf.shape(user_rank)[0], dtype=tf.bool))
-    logits = tf.where(same & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
-    labels = tf.range(tf.shape(user_rank)[0])
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    batch = user_rank.shape[0]
+    if group_size is None or (batch is not None and group_size >= batch):
+        return _softmax_block(user_rank[None], movie_rank[None], movie_ids[None], log_q[None], temperature)
+    n = tf.shape(user_rank)[0]
+    pad = (-n) % group_size  # 0 for the trainer's static batches
+    groups = (n + pad) // group_size
+    if batch is not None and batch % group_size == 0:
+        valid = None
+    else:
+        user_rank, movie_rank = (tf.pad(t, [[0, pad], [0, 0]]) for t in (user_rank, movie_rank))
+        log_q = tf.pad(log_q, [[0, pad]])
+        movie_ids = tf.pad(movie_ids, [[0, pad]])
+        valid = tf.reshape(tf.range(n + pad) < n, [groups, group_size])
+
+    def grouped(t):
+        return tf.reshape(t, tf.concat([[groups, group_size], tf.shape(t)[1:]], axis=0))
+
+    return _softmax_block(grouped(user_rank), grouped(movie_rank), grouped(movie_ids), grouped(log_q),
+                          temperature, valid)
+
+
+def _softmax_block(user_rank, movie_rank, movie_ids, log_q, temperature, valid=None):
+    """Mean logQ-corrected in-group softmax cross-entropy over groups: rank vectors [N, G, R],
+    ids and log q [N, G]; ``valid`` [N, G] bool (None: all real) marks padding out."""
+    logits = tf.matmul(user_rank, movie_rank, transpose_b=True) / temperature - log_q[:, None, :]  # [N, G, G]
+    # the same movie elsewhere in the group is not a negative for this user (nor is padding)
+    masked = tf.equal(movie_ids[:, :, None], movie_ids[:, None, :])
+    if valid is not None:
+        masked = masked | tf.logical_not(valid[:, None, :])
+    others = tf.logical_not(tf.eye(tf.shape(user_rank)[1], dtype=tf.bool))[None]
+    logits = tf.where(masked & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
+    labels = tf.broadcast_to(tf.range(tf.shape(user_rank)[1])[None], tf.shape(movie_ids))
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [N, G]
+    if valid is None:
+        return tf.reduce_mean(loss)
+    weights = tf.cast(valid, loss.dtype)
+    return tf.reduce_sum(loss * weights) / tf.reduce_sum(weights)
