@@ -246,6 +246,7 @@ class TrainConfig:
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     deterministic: bool = False  # reproducible runs for a fixed seed and rank count (TF op determinism; slower)
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
+    finite_check_steps: int = 50  # losses read (and checked for NaN/inf) every N steps, not per step
     validation_users: int = 2000  # users scored for a ranking validation metric (ndcg@10), a fixed seeded sample
 
 
@@ -557,6 +558,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
+        (cfg.train.finite_check_steps >= 1, "train.finite_check_steps", "must be at least 1"),
         (0.0 < cfg.train.lr_decay_per_epoch <= 1.0, "train.lr_decay_per_epoch", "must be in (0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (cfg.model.output_dim >= 1 and cfg.model.embedding_dim >= 1, "model", "output_dim and embedding_dim must be at least 1"),
