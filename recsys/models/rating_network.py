@@ -303,35 +303,41 @@ def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Te
     """
     batch = user_rank.shape[0]
     if group_size is None or (batch is not None and group_size >= batch):
-        return _softmax_block(user_rank[None], movie_rank[None], movie_ids[None], log_q[None], temperature)
+        return _softmax_block(*_folded(user_rank, movie_rank, log_q, temperature, movie_ids, 1, -1))
     n = tf.shape(user_rank)[0]
     pad = (-n) % group_size  # 0 for the trainer's static batches
-    groups = (n + pad) // group_size
-    if batch is not None and batch % group_size == 0:
-        valid = None
-    else:
+    valid = None
+    if batch is None or batch % group_size:
+        # padding: a zero user row and a movie whose logit is _MASKED for every user (never a negative)
         user_rank, movie_rank = (tf.pad(t, [[0, pad], [0, 0]]) for t in (user_rank, movie_rank))
-        log_q = tf.pad(log_q, [[0, pad]])
+        log_q = tf.pad(log_q, [[0, pad]], constant_values=-_MASKED)
         movie_ids = tf.pad(movie_ids, [[0, pad]])
-        valid = tf.reshape(tf.range(n + pad) < n, [groups, group_size])
-
-    def grouped(t):
-        return tf.reshape(t, tf.concat([[groups, group_size], tf.shape(t)[1:]], axis=0))
-
-    return _softmax_block(grouped(user_rank), grouped(movie_rank), grouped(movie_ids), grouped(log_q),
-                          temperature, valid)
+        valid = tf.reshape(tf.range(n + pad) < n, [-1, group_size])
+    return _softmax_block(*_folded(user_rank, movie_rank, log_q, temperature, movie_ids, -1, group_size), valid)
 
 
-def _softmax_block(user_rank, movie_rank, movie_ids, log_q, temperature, valid=None):
-    """Mean logQ-corrected in-group softmax cross-entropy over groups: rank vectors [N, G, R],
-    ids and log q [N, G]; ``valid`` [N, G] bool (None: all real) marks padding out."""
-    logits = tf.matmul(user_rank, movie_rank, transpose_b=True) / temperature - log_q[:, None, :]  # [N, G, G]
-    # the same movie elsewhere in the group is not a negative for this user (nor is padding)
-    masked = tf.equal(movie_ids[:, :, None], movie_ids[:, None, :])
-    if valid is not None:
-        masked = masked | tf.logical_not(valid[:, None, :])
+def _folded(user_rank, movie_rank, log_q, temperature, movie_ids, groups, group_size):
+    """Groups of ``[u / T, 1]`` and ``[m, -log q]`` ([N, G, R+1]) and ids ([N, G]): 1/T and the logQ
+    correction folded into the product, so neither costs a pass over the [G, G] logits."""
+    user_rank = tf.concat([user_rank / temperature, tf.ones_like(user_rank[:, :1])], axis=-1)
+    movie_rank = tf.concat([movie_rank, -log_q[:, None]], axis=-1)
+    width = user_rank.shape[-1]
+    return (tf.reshape(user_rank, [groups, group_size, width]), tf.reshape(movie_rank, [groups, group_size, width]),
+            tf.reshape(movie_ids, [groups, group_size]))
+
+
+_MASKED = -1e9  # the logit of a movie that is not a negative: exp underflows to exactly 0
+
+
+def _softmax_block(user_rank, movie_rank, movie_ids, valid=None):
+    """Mean in-group softmax cross-entropy over the groups' real examples: ``user_rank`` [N, G, R+1]
+    ``[u / T, 1]``, ``movie_rank`` [N, G, R+1] ``[m, -log q]``, ids [N, G]; ``valid`` [N, G] bool
+    (None: no padding)."""
+    logits = tf.matmul(user_rank, movie_rank, transpose_b=True)  # [N, G, G]: <u, m> / T - log q_m
+    # the same movie elsewhere in the group is not a negative for this user
     others = tf.logical_not(tf.eye(tf.shape(user_rank)[1], dtype=tf.bool))[None]
-    logits = tf.where(masked & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
+    masked = tf.equal(movie_ids[:, :, None], movie_ids[:, None, :]) & others
+    logits = tf.where(masked, tf.constant(_MASKED, logits.dtype), logits)
     labels = tf.broadcast_to(tf.range(tf.shape(user_rank)[1])[None], tf.shape(movie_ids))
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [N, G]
     if valid is None:
