@@ -222,6 +222,7 @@ class ModelConfig:
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
     retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
+    unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
 
 

@@ -298,6 +298,7 @@ def make_train_step(run: Run):
         losses = model.named_losses(x, y)
         return losses, tf.add_n(list(losses.values()))
 
+    model.static_shapes = bool(run.cfg.train.xla)  # XLA: no data-dependent shapes inside the forward pass
     forward = compile_forward(forward, run.cfg.train.xla)  # precision: XLA outside Horovod's ops
 
     @tf.function

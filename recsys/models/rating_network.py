@@ -266,7 +266,8 @@ class RatingNetwork(RecModel):
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);
         regularization: the layers' L2 terms."""
-        uv, mv = self.user_vectors(x, training=True), self.movie_vectors(x, training=True)
+        uv = self._per_unique(self.user_vectors, x, self.user_tower.id_feature, self.user_features)
+        mv = self._per_unique(self.movie_vectors, x, self.movie_tower.id_feature, self.movie_features)
         pred = self.mu + tf.reduce_sum(uv["score"] * mv["score"], axis=-1)
         out = {"rating": tf.reduce_mean(tf.square(pred - f32(y)))}
         if self.retrieval:
@@ -277,6 +278,29 @@ class RatingNetwork(RecModel):
         if self.losses:
             out["regularization"] = float32_sum(self.losses)  # precision: add_loss terms may be float16
         return out
+
+    def _per_unique(self, vectors, x, id_feature, names):
+        """``vectors(x)`` computed once per unique id of the batch and gathered back to [B, ...].
+
+        A tower's inputs are a function of its id (prepare looks them up in the users and movies
+        tables), so the batch's repeats (a popular movie, an active user) need one tower pass; the
+        gradient of the gather sums the repeats' contributions, as the per-example towers would.
+        Rows with the unknown (OOV) id are kept apart: their attributes may differ. Duplicates
+        share one dropout mask per step. Off with ``model.unique_towers: false``, under XLA
+        (``static_shapes``: the unique count is data-dependent) and with ``model.embedding_l2``
+        (a per-example penalty over the rows looked up).
+        """
+        if (not self.cfg.unique_towers or self.static_shapes or id_feature is None or self.cfg.embedding_l2 > 0):
+            return vectors(x, training=True)
+        from recsys.features import OOV_ID
+
+        ids = x[id_feature["name"]]
+        n = tf.shape(ids, out_type=ids.dtype)[0]
+        key = tf.where(tf.equal(ids, OOV_ID), -1 - tf.range(n, dtype=ids.dtype), ids)  # OOV rows: each its own
+        unique, index = tf.unique(key)
+        first = tf.math.unsorted_segment_min(tf.range(tf.shape(ids)[0]), index, tf.shape(unique)[0])  # [U]
+        out = vectors({k: tf.gather(x[k], first) for k in names}, training=True)
+        return {k: tf.gather(v, index) for k, v in out.items()}
 
 
 def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
