@@ -287,6 +287,7 @@ class SurpriseSvdConfig:
     epochs: int = 20
     learning_rate: float = 0.005
     reg: float = 0.02
+    max_ratings: int = 10_000_000  # skipped above this many training ratings (single-threaded, Python-held)
 
 
 @dataclass
@@ -312,6 +313,7 @@ class ItemKnnConfig:
 
     neighbours: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800])
     block_items: int = 2048  # candidate movies whose similarity column is computed at once
+    max_items: int = 20_000  # its time grows with movies x movies: skipped above this many movies
 
 
 @dataclass
@@ -329,6 +331,9 @@ class EvaluateConfig:
     """``recsys evaluate``: the protocol knobs and every baseline's settings and tuning grid."""
 
     block_users: int = 256  # users scored at once: bounds every users x movies score block
+    block_memory_gb: float = 1.0  # working memory of one score block (32 bytes per user x movie cell): fewer users
+    #                               per block when the catalog is large; rating predictions likewise (1 KiB per pair)
+    sample_users: int = 0  # top-k metrics (and tuning) on a seeded sample of this many users (0: all)
     liked_share: float = 0.75  # the "liked" relevance variant: rated >= min + share * (max - min)
     tune_metric: str = field(default="ndcg@10", metadata=_choices(
         "ndcg@10", "recall@10", "map@10", "precision@10", "hit_rate@10"))
@@ -338,7 +343,8 @@ class EvaluateConfig:
     bias: BiasBaselineConfig = field(default_factory=BiasBaselineConfig)
     rating_knn: RatingKnnConfig = field(default_factory=RatingKnnConfig)
     svd: SurpriseSvdConfig = field(default_factory=SurpriseSvdConfig)
-    svdpp: SurpriseSvdConfig = field(default_factory=lambda: SurpriseSvdConfig(factors=20, learning_rate=0.007))
+    svdpp: SurpriseSvdConfig = field(default_factory=lambda: SurpriseSvdConfig(factors=20, learning_rate=0.007,
+                                                                              max_ratings=1_000_000))
     als: RatingAlsConfig = field(default_factory=RatingAlsConfig)
     ease: EaseConfig = field(default_factory=EaseConfig)
     item_knn: ItemKnnConfig = field(default_factory=ItemKnnConfig)
@@ -583,6 +589,12 @@ def _validate(cfg: Config, where: str) -> None:
         (bool(cfg.prepare.driver_memory.strip()), "prepare.driver_memory", "is empty; give a size such as 2g"),
         (bool(cfg.index.approximate.strip()), "index.approximate", "is empty; give a FAISS factory string such as HNSW32"),
         (cfg.evaluate.block_users >= 1, "evaluate.block_users", "must be at least 1"),
+        (cfg.evaluate.block_memory_gb > 0, "evaluate.block_memory_gb", "must be positive (GiB of one score block)"),
+        (cfg.evaluate.sample_users >= 0, "evaluate.sample_users", "must be 0 (every user) or positive"),
+        (min(cfg.evaluate.svd.max_ratings, cfg.evaluate.svdpp.max_ratings, cfg.evaluate.rating_knn.max_cells,
+             cfg.evaluate.ease.max_items, cfg.evaluate.item_knn.max_items) >= 0,
+         "evaluate", "svd.max_ratings, svdpp.max_ratings, rating_knn.max_cells, ease.max_items and "
+                     "item_knn.max_items must be 0 or positive"),
         (0.0 < cfg.evaluate.liked_share <= 1.0, "evaluate.liked_share", "must be in (0, 1]"),
         (len(cfg.evaluate.ease.lambdas) > 0 and min(cfg.evaluate.ease.lambdas, default=0) > 0,
          "evaluate.ease.lambdas", "must be a non-empty list of positive numbers"),

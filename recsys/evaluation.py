@@ -4,7 +4,8 @@ Protocol (the same for every recommender):
 
 * Rating accuracy: RMSE, MAE, MSE of predictions clipped to the rating scale, on the test
   split and on the cold-user / cold-movie test sets when prepare made them.
-* Top-K (K = 5, 10, 20) for every user with test ratings: candidates are the movies the
+* Top-K (K = 5, 10, 20) for every user with test ratings (or a seeded sample of
+  ``evaluate.sample_users`` of them, with NDCG@10's 95% interval): candidates are the movies the
   user did not rate in training (train + validation splits); relevant are all movies the
   user rated in the test split (variant ``_rel4``, "liked": rated at least
   ``rating_min + liked_share * (rating_max - rating_min)`` of the manifest's rating scale, 4 on
@@ -26,6 +27,14 @@ and SVD++, Spark MLlib ALS (explicit). Top-k baselines, tuned on the validation 
 (implicit). Every setting comes from the config's ``evaluate`` section; the report names, per
 metric, the best baseline and the model's difference from it. Statistics come from the
 training split only.
+
+Memory is bounded at any scale: seen and test movies are scipy CSR matrices, users are ranked
+in blocks sized by ``evaluate.block_memory_gb`` (never a users x movies array), rating errors
+are summed block by block, and a baseline that cannot run at a size (``unavailable``: dense
+rating KNN above ``evaluate.rating_knn.max_cells``, EASE and ItemKNN above
+``evaluate.ease.max_items`` / ``evaluate.item_knn.max_items`` movies,
+Surprise SVD / SVD++ above ``evaluate.svd.max_ratings`` / ``evaluate.svdpp.max_ratings``) is
+skipped with one line naming its limit.
 """
 
 from __future__ import annotations
@@ -35,12 +44,19 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 KS = (5, 10, 20)
+# Working memory per users x movies score cell of a block: the recommender's float64 scores and
+# its temporaries, and the ranking's int64 partition indices (evaluate.block_memory_gb / this).
+BYTES_PER_SCORE_CELL = 32
+# Working memory per (user, movie) pair of a rating block: room for the pair's two gathered
+# vectors (up to 64 float64 each) in a recommender's ``predict``.
+BYTES_PER_RATING_PAIR = 1024
 
 
 def _log(msg: str) -> None:
@@ -81,6 +97,24 @@ class Data:
     @property
     def n_movies(self) -> int:
         return len(self.movies)
+
+    @cached_property
+    def seen(self):
+        """Movies each user rated in ``train``: scipy CSR [n_users, n_movies], bool, one entry per
+        pair (built once; its rows are what a ranking skips)."""
+        return pair_matrix(self.train, self.n_users, self.n_movies)
+
+
+def pair_matrix(frame: pd.DataFrame, n_users: int, n_movies: int):
+    """The (u, m) pairs of ``frame`` as a binary scipy CSR matrix [n_users, n_movies] (bool;
+    a pair listed twice is one entry; column indices sorted within each row)."""
+    from scipy import sparse
+
+    X = sparse.csr_matrix((np.ones(len(frame), np.int8), (frame.u.to_numpy(), frame.m.to_numpy())),
+                          shape=(n_users, n_movies))
+    X.sum_duplicates()
+    X.data[:] = 1
+    return X.astype(bool)
 
 
 def load_data(prepared: str | Path) -> Data:
@@ -128,17 +162,21 @@ class Recommender:
         raise NotImplementedError
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        """[len(users), n_movies] scores, higher is better."""
+        """[len(users), n_movies] scores, higher is better: a new array the caller may overwrite."""
         raise NotImplementedError
 
-    def top_k(self, users: np.ndarray, k: int, seen: dict) -> np.ndarray:
-        """[len(users), k] movie rows, best first, skipping each user's ``seen`` rows (dense scores)."""
-        sc = self.scores(users).astype(np.float64)
-        for i, u in enumerate(users):
-            if u in seen:
-                sc[i, seen[u]] = -np.inf
-        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1, kind="stable")
+    def top_k(self, users: np.ndarray, k: int, seen) -> np.ndarray:
+        """[len(users), k] movie rows, best first, skipping the movies in ``seen`` (scipy CSR
+        [len(users), n_movies]: row i is users[i]'s seen movies). Ranks the dense scores of this
+        block of users only."""
+        sc = self.scores(users)  # float32 scores stay float32: the same order at half the memory
+        own = np.issubdtype(sc.dtype, np.floating) and sc.flags.writeable and sc.flags.owndata
+        sc = sc if own else sc.astype(np.float64)
+        np.negative(sc, out=sc)  # argpartition picks the smallest: rank by -score, in place
+        seen = seen.tocsr()
+        sc[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = np.inf
+        part = np.argpartition(sc, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(sc, part, 1), axis=1, kind="stable")
         return np.take_along_axis(part, order, 1)
 
 
@@ -198,10 +236,16 @@ class NeighbourCF(Recommender):
         self.label = f"{'user' if user_based else 'item'}-based KNN (ratings, cosine)"
 
     def unavailable(self, data):
+        if self.max_cells is None:
+            return None
         cells = data.n_users * data.n_movies
-        if self.max_cells is not None and cells > self.max_cells:
+        if cells > self.max_cells:
             return (f"{data.n_users:,} users x {data.n_movies:,} movies = {cells:,} cells > evaluate.rating_knn.max_cells "
                     f"{self.max_cells:,} (it holds the rating matrix dense)")
+        n, noun = (data.n_users, "users") if self.user_based else (data.n_movies, "movies")
+        if n * n > self.max_cells:
+            return (f"{n:,} x {n:,} {noun} = {n * n:,} similarity cells > evaluate.rating_knn.max_cells "
+                    f"{self.max_cells:,} (it holds the similarity matrix dense)")
         return None
 
     def fit(self, data):
@@ -218,16 +262,16 @@ class NeighbourCF(Recommender):
         if self.k < S.shape[0]:  # keep each row's k strongest neighbours
             cut = np.partition(np.abs(S), -self.k, axis=1)[:, -self.k][:, None]
             S = np.where(np.abs(S) >= cut, S, 0.0)
-        self.S, self.C, self.M = S, C, M
+        self.S, self.S_abs, self.C, self.M = S, np.abs(S), C, M  # |S| once, not per block of users
         return self
 
     def _dev(self, users):
         if self.user_based:
             S = self.S[users]  # [B, U]
-            num = S @ self.C; den = np.abs(S) @ self.M
+            num = S @ self.C; den = self.S_abs[users] @ self.M
         else:
             num = self.C[users] @ self.S.T  # [B, I]
-            den = self.M[users] @ np.abs(self.S).T
+            den = self.M[users] @ self.S_abs.T
         return np.where(den > 1e-9, num / np.maximum(den, 1e-9), 0.0)
 
     def predict(self, u, m):
@@ -246,10 +290,19 @@ class NeighbourCF(Recommender):
 class SurpriseModel(Recommender):
     """Surprise SVD / SVD++ (the classic rating baselines), fitted on the training split."""
 
-    def __init__(self, kind: str, factors: int, epochs: int, learning_rate: float, reg: float, seed: int):
-        self.algorithm, self.seed = kind, seed
+    def __init__(self, kind: str, factors: int, epochs: int, learning_rate: float, reg: float, seed: int,
+                 max_ratings: int | None = None):
+        self.algorithm, self.seed, self.max_ratings = kind, seed, max_ratings
         self.params = {"n_factors": factors, "n_epochs": epochs, "lr_all": learning_rate, "reg_all": reg}
         self.label = f"Surprise {kind}"
+
+    def unavailable(self, data):
+        n = len(data.train)
+        if self.max_ratings is not None and n > self.max_ratings:
+            key = "svdpp" if self.algorithm == "SVD++" else "svd"
+            return (f"{n:,} training ratings > evaluate.{key}.max_ratings {self.max_ratings:,} "
+                    f"(single-threaded SGD over Python-held ratings)")
+        return None
 
     def fit(self, data):
         from surprise import SVD, Dataset, Reader, SVDpp
@@ -367,8 +420,9 @@ class ServedModel(Recommender):
         return self.served._ur[self.u_map[users]] @ self.served._mr[self.m_map].T
 
     def top_k(self, users, k, seen):
-        rows = self.served.top_k_rows(self.u_map[users], k,
-                                      [self.m_map[seen.get(u, np.empty(0, np.int64))] for u in users])
+        seen = seen.tocsr()
+        rows = self.served.top_k_rows(self.u_map[users], k, [self.m_map[seen.indices[seen.indptr[i]:seen.indptr[i + 1]]]
+                                                             for i in range(len(users))])
         return np.stack([self.m_back[r] for r in rows])
 
 
@@ -397,11 +451,20 @@ def served_directory(directory, cfg, workdir) -> Path:
 # ---------------------------------------------------------------------------- metrics
 
 
-def rating_metrics(rec: Recommender, df: pd.DataFrame, lo: float, hi: float) -> dict:
-    p = np.clip(rec.predict(df.u.to_numpy(), df.m.to_numpy()), lo, hi)
-    err = p - df.rating.to_numpy()
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
-            "mse": float(np.mean(err ** 2)), "n": int(len(df))}
+def rating_metrics(rec: Recommender, df: pd.DataFrame, lo: float, hi: float, block_memory_gb: float | None = None) -> dict:
+    """RMSE, MAE, MSE of ``rec``'s predictions for the pairs of ``df``, clipped to [lo, hi].
+
+    Predicted ``block_memory_gb`` / BYTES_PER_RATING_PAIR pairs at a time (all at once when
+    None); the errors are summed block by block, never held whole."""
+    u, m, r = df.u.to_numpy(), df.m.to_numpy(), df.rating.to_numpy(np.float64)
+    step = len(df) if block_memory_gb is None else max(1, int(block_memory_gb * 2 ** 30 // BYTES_PER_RATING_PAIR))
+    sq = ab = 0.0
+    for s in range(0, len(df), max(1, step)):
+        err = np.clip(rec.predict(u[s:s + step], m[s:s + step]), lo, hi) - r[s:s + step]
+        sq += float(np.dot(err, err)); ab += float(np.abs(err).sum())
+    n = len(df)
+    mse = sq / n if n else float("nan")
+    return {"rmse": float(np.sqrt(mse)), "mae": ab / n if n else float("nan"), "mse": mse, "n": int(n)}
 
 
 def ndcg_at_k(top: np.ndarray, relevant: set, k: int) -> float:
@@ -416,53 +479,118 @@ def liked_threshold(data: Data, liked_share: float = 0.75) -> float:
     return data.rating_min + liked_share * (data.rating_max - data.rating_min)
 
 
+def block_rows(n_movies: int, block: int, block_memory_gb: float | None) -> int:
+    """Users ranked at once: at most ``block``, and at most what ``block_memory_gb`` holds of
+    [users, n_movies] score cells (BYTES_PER_SCORE_CELL each); at least 1."""
+    if block_memory_gb is None:
+        return max(1, block)
+    return max(1, min(block, int(block_memory_gb * 2 ** 30 // (max(1, n_movies) * BYTES_PER_SCORE_CELL))))
+
+
+def block_hit_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-user top-k metrics of one block from its hit matrix.
+
+    ``hits``: [users, >= k] bool, whether the j-th recommended movie is relevant;
+    ``n_relevant``: [users] number of relevant movies (> 0). Returns name -> [users] float64:
+    precision, recall, f1, ndcg (binary gains), hit_rate, map (truncated at k)."""
+    h = hits[:, :k].astype(np.float64)
+    n_hit = h.sum(1)
+    p, r = n_hit / k, n_hit / n_relevant
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(disc)[np.minimum(k, n_relevant) - 1]
+    prec_at = np.cumsum(h, 1) / np.arange(1, k + 1)
+    return {"precision": p, "recall": r,
+            "f1": np.where(n_hit > 0, 2 * p * r / np.where(n_hit > 0, p + r, 1.0), 0.0),
+            "ndcg": (h * disc).sum(1) / ideal, "hit_rate": (n_hit > 0).astype(np.float64),
+            "map": (prec_at * h).sum(1) / np.minimum(k, n_relevant)}
+
+
 def ranking_metrics(rec: Recommender, data: Data, ks=KS, block: int = 256,
-                    liked_share: float = 0.75) -> tuple[dict, np.ndarray, np.ndarray]:
+                    liked_share: float = 0.75, block_memory_gb: float | None = None, sample_users: int = 0,
+                    seed: int = 0, per_user: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Top-K metrics; also returns the evaluated users and their top-max(K) lists.
 
-    Users are scored ``block`` at a time ([block, n_movies] float64 scores at once). The
-    ``_rel4`` variant counts as relevant only test ratings >= :func:`liked_threshold`."""
-    seen = data.train.groupby("u").m.apply(np.array).to_dict()
-    test_all = data.test.groupby("u").m.apply(set).to_dict()
-    test_good = data.test[data.test.rating >= liked_threshold(data, liked_share) - 1e-9].groupby("u").m.apply(set).to_dict()
-    users = np.array(sorted(test_all))
+    Users with test ratings are ranked in blocks of :func:`block_rows` users ([block, n_movies]
+    scores at once), their seen and test movies read from sparse matrices: memory is
+    bounded by the block, never users x movies. ``sample_users`` > 0: only a seeded sample of
+    that many users (without replacement). The ``_rel4`` variant counts as relevant only test
+    ratings >= :func:`liked_threshold`; a metric averages over users with at least one relevant
+    movie. ``per_user``: when given, filled with metric name -> [users] values (NaN where the
+    user has no relevant movie in that variant)."""
+    liked = data.test[data.test.rating >= liked_threshold(data, liked_share) - 1e-9]
+    relevant = {"": pair_matrix(data.test, data.n_users, data.n_movies),
+                "_rel4": pair_matrix(liked, data.n_users, data.n_movies)}
+    users = np.flatnonzero(np.diff(relevant[""].indptr))  # sorted: every user with test ratings
+    if 0 < sample_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, sample_users, replace=False))
     kmax = max(ks)
+    step = block_rows(data.n_movies, block, block_memory_gb)
     tops = np.empty((len(users), kmax), np.int64)
-    for s in range(0, len(users), block):
-        tops[s:s + block] = rec.top_k(users[s:s + block], kmax, seen)
+    values = {f"{name}@{k}{variant}": np.full(len(users), np.nan)
+              for variant in relevant for k in ks for name in ("precision", "recall", "f1", "ndcg", "hit_rate", "map")}
+    for s in range(0, len(users), step):
+        block_users = users[s:s + step]
+        top = rec.top_k(block_users, kmax, data.seen[block_users])
+        tops[s:s + step] = top
+        rows = np.repeat(np.arange(len(block_users)), kmax)
+        for variant, matrix in relevant.items():
+            rel = matrix[block_users]
+            n_rel = np.diff(rel.indptr)
+            has = n_rel > 0
+            if not has.any():
+                continue
+            hits = np.asarray(rel[rows, top.ravel()]).reshape(top.shape)[has]
+            for k in ks:
+                for name, v in block_hit_metrics(hits, n_rel[has], k).items():
+                    values[f"{name}@{k}{variant}"][s + np.flatnonzero(has)] = v
     out = {}
-    for variant, relevant in (("", test_all), ("_rel4", test_good)):
-        for k in ks:
-            acc = {"precision": [], "recall": [], "f1": [], "ndcg": [], "hit_rate": [], "map": []}
-            for row, u in enumerate(users):
-                rel = relevant.get(u)
-                if not rel:
-                    continue
-                hits = np.array([m in rel for m in tops[row, :k]], float)
-                h = hits.sum()
-                p, r = h / k, h / len(rel)
-                acc["precision"].append(p); acc["recall"].append(r)
-                acc["f1"].append(2 * p * r / (p + r) if h else 0.0)
-                acc["ndcg"].append(ndcg_at_k(tops[row], rel, k))
-                acc["hit_rate"].append(float(h > 0))
-                prec_at = np.cumsum(hits) / np.arange(1, k + 1)
-                acc["map"].append((prec_at * hits).sum() / min(k, len(rel)))
-            for name, values in acc.items():
-                out[f"{name}@{k}{variant}"] = float(np.mean(values)) if values else float("nan")
+    for key, v in values.items():
+        v = v[~np.isnan(v)]
+        out[key] = float(np.mean(v)) if len(v) else float("nan")
+    if per_user is not None:
+        per_user.update(values)
     return out, users, tops
 
 
-def beyond_accuracy(tops10: np.ndarray, data: Data) -> dict:
-    genres = [set(g.split("|")) if g else set() for g in data.movies.genres.fillna("")]
-    pairs = []
-    for row in tops10:
-        d = [1 - len(genres[a] & genres[b]) / max(1, len(genres[a] | genres[b]))
-             for i, a in enumerate(row) for b in row[i + 1:]]
-        pairs.append(np.mean(d))
-    raters = data.train.groupby("m").u.nunique().reindex(range(data.n_movies), fill_value=0).to_numpy()
+def confidence_interval(values: np.ndarray, z: float = 1.959964) -> list[float]:
+    """Normal-approximation 95% interval of the mean of per-user ``values`` (NaNs left out)."""
+    v = values[~np.isnan(values)]
+    if len(v) < 2:
+        return [float("nan"), float("nan")]
+    half = z * float(np.std(v, ddof=1)) / math.sqrt(len(v))
+    return [float(np.mean(v)) - half, float(np.mean(v)) + half]
+
+
+def _genre_matrix(data: Data) -> tuple[np.ndarray, list[str]]:
+    """[n_movies, n_genres] bool multi-hot of the movies' genres, and the genre names."""
+    split = data.movies.genres.fillna("").str.split("|")
+    names = sorted({g for gs in split for g in gs if g})
+    col = {g: i for i, g in enumerate(names)}
+    G = np.zeros((data.n_movies, len(names)), bool)
+    for row, gs in enumerate(split):
+        G[row, [col[g] for g in gs if g]] = True
+    return G, names
+
+
+def beyond_accuracy(tops10: np.ndarray, data: Data, block: int = 4096) -> dict:
+    """Coverage, intra-list genre diversity and novelty of the top lists ([users, 10] movie rows),
+    ``block`` lists at a time."""
+    G, _ = _genre_matrix(data)
+    Gf = G.astype(np.float32)
+    size = G.sum(1)
+    n = tops10.shape[1]
+    iu = np.triu_indices(n, 1)
+    div = np.empty(len(tops10))
+    for s in range(0, len(tops10), block):
+        t = tops10[s:s + block]
+        inter = np.einsum("uig,ujg->uij", Gf[t], Gf[t])  # shared genres of every pair in a list
+        union = size[t][:, :, None] + size[t][:, None, :] - inter
+        d = 1 - inter / np.maximum(1, union)
+        div[s:s + block] = d[:, iu[0], iu[1]].mean(1)
+    raters = np.bincount(data.seen.indices, minlength=data.n_movies)  # distinct training raters per movie
     share = np.maximum(raters, 1) / max(1, data.n_users)
     return {"coverage@10": float(len(np.unique(tops10)) / data.n_movies),
-            "diversity@10": float(np.mean(pairs)),
+            "diversity@10": float(np.mean(div)),
             "novelty@10": float(np.mean(-np.log2(share[tops10])))}
 
 
@@ -477,7 +605,8 @@ def baselines(include_slow: bool = True, settings=None) -> list[Recommender]:
 
     ev = settings or EvaluateConfig()
     knn = ev.rating_knn
-    svd = lambda kind, c: SurpriseModel(kind, c.factors, c.epochs, c.learning_rate, c.reg, ev.seed)  # noqa: E731
+    svd = lambda kind, c: SurpriseModel(kind, c.factors, c.epochs, c.learning_rate, c.reg, ev.seed,  # noqa: E731
+                                        c.max_ratings)
     out = [GlobalMean(), Bias(ev.bias.reg, ev.bias.iters),
            NeighbourCF(True, knn.neighbours, knn.max_cells), NeighbourCF(False, knn.neighbours, knn.max_cells),
            svd("SVD", ev.svd)]
@@ -518,6 +647,41 @@ def best_baselines(results: dict, models: list[str]) -> dict:
     return out
 
 
+def evaluate_recommender(rec: Recommender, data: Data, ev) -> dict:
+    """Fit ``rec`` on ``data.train`` and measure it on the test sets with the settings ``ev``
+    (an :class:`recsys.config.EvaluateConfig`): its metrics.json row, plus ``top10`` ([users, 10]
+    movie rows) when it ranks. A recommender that cannot run at this size gets ``skipped``."""
+    reason = rec.unavailable(data)
+    if reason:
+        _log(f"{rec.label}: skipped: {reason}")
+        return {"kind": rec.kind, "skipped": reason}
+    t0 = time.time()
+    rec.fit(data)
+    fit_s = time.time() - t0
+    row: dict = {"kind": rec.kind, "fit_seconds": round(fit_s, 2)}
+    if getattr(rec, "tuning", None):
+        row["tuning"] = rec.tuning
+    if rec.rates:
+        row["test"] = rating_metrics(rec, data.test, data.rating_min, data.rating_max, ev.block_memory_gb)
+        for name, df in data.cold.items():
+            row[name] = rating_metrics(rec, df, data.rating_min, data.rating_max, ev.block_memory_gb)
+    if rec.ranks:
+        per_user: dict = {}
+        rank, users, tops = ranking_metrics(rec, data, block=ev.block_users, liked_share=ev.liked_share,
+                                            block_memory_gb=ev.block_memory_gb, sample_users=ev.sample_users,
+                                            seed=ev.seed, per_user=per_user)
+        row["ranking"] = rank
+        row["ranking_users"] = int(len(users))
+        row["ndcg@10_ci95"] = confidence_interval(per_user["ndcg@10"]) if "ndcg@10" in per_user else None
+        row.update(beyond_accuracy(tops[:, :10], data))
+        row["top10"] = tops[:, :10]
+    row["seconds"] = round(time.time() - t0, 2)
+    _log(f"{rec.label}: " + (f"RMSE {row['test']['rmse']:.4f} " if "test" in row else "")
+         + (f"NDCG@10 {row['ranking']['ndcg@10']:.4f} " if "ranking" in row else "")
+         + f"({fit_s:.1f}s fit, {row['seconds']:.1f}s in all)")
+    return row
+
+
 def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_dir: str | Path,
              include_slow: bool = True, settings=None) -> dict:
     """Evaluate the trained model(s) from their serving directories (``{label or None: index dir}``;
@@ -534,29 +698,9 @@ def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_
     results: dict[str, dict] = {}
     tops10: dict[str, np.ndarray] = {}
     for rec in recs:
-        reason = rec.unavailable(data)
-        if reason:
-            results[rec.label] = {"kind": rec.kind, "skipped": reason}
-            _log(f"{rec.label}: skipped: {reason}")
-            continue
-        t0 = time.time()
-        rec.fit(data)
-        fit_s = time.time() - t0
-        row: dict = {"kind": rec.kind, "fit_seconds": round(fit_s, 2)}
-        if getattr(rec, "tuning", None):
-            row["tuning"] = rec.tuning
-        if rec.rates:
-            row["test"] = rating_metrics(rec, data.test, data.rating_min, data.rating_max)
-            for name, df in data.cold.items():
-                row[name] = rating_metrics(rec, df, data.rating_min, data.rating_max)
-        if rec.ranks:
-            rank, users, tops = ranking_metrics(rec, data, block=ev.block_users, liked_share=ev.liked_share)
-            row["ranking"] = rank
-            row.update(beyond_accuracy(tops[:, :10], data))
-            tops10[rec.label] = tops[:, :10]
-        results[rec.label] = row
-        _log(f"{rec.label}: " + (f"RMSE {row['test']['rmse']:.4f} " if "test" in row else "")
-             + (f"NDCG@10 {row['ranking']['ndcg@10']:.4f} " if "ranking" in row else "") + f"({fit_s:.1f}s fit)")
+        results[rec.label] = row = evaluate_recommender(rec, data, ev)
+        if "top10" in row:
+            tops10[rec.label] = row.pop("top10")
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     best = best_baselines(results, [rec.label for rec in recs if isinstance(rec, ServedModel)])
@@ -591,6 +735,15 @@ def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender],
                      f"{_fmt(k.get('map@10'))} | {_fmt(k.get('ndcg@10_rel4'))} | {_fmt(r.get('coverage@10'))} | "
                      f"{_fmt(r.get('diversity@10'))} | {_fmt(r.get('novelty@10'))} |")
     lines += [""] + skipped if skipped else []
+    ranked = [(label, r) for label, r in results.items() if "ranking_users" in r]
+    if ranked:
+        n_test_users = data.test.u.nunique()
+        n_ranked = ranked[0][1]["ranking_users"]
+        lines += ["", (f"Top-k metrics over {n_ranked:,} of {n_test_users:,} users with test ratings "
+                       f"({'a seeded sample, evaluate.sample_users' if n_ranked < n_test_users else 'all of them'}). "
+                       "NDCG@10, 95% confidence interval over users (normal approximation): "
+                       + "; ".join(f"{label} [{_fmt(r['ndcg@10_ci95'][0])}, {_fmt(r['ndcg@10_ci95'][1])}]"
+                                   for label, r in ranked if r.get("ndcg@10_ci95")))]
     if best:
         models = sorted({m for e in best.values() for m in e["models"]})
         lines += ["", "## Best baseline per metric", "",
@@ -641,11 +794,13 @@ def _plots(out: Path, results: dict, data: Data, recs: list[Recommender], tops10
         ax.set_title(f"{metric}@K"); ax.set_xlabel("K")
     axes[0].legend(fontsize=6); fig.tight_layout(); fig.savefig(out / "topk.png", dpi=110); plt.close(fig)
 
-    genre_of = data.movies.genres.fillna("").str.split("|")
+    G, genre_names = _genre_matrix(data)
+    def genre_counts(movie_rows) -> pd.Series:  # genre -> how often it appears among the listed movies
+        per_movie = np.bincount(np.asarray(movie_rows).reshape(-1), minlength=data.n_movies)
+        return pd.Series(per_movie @ G, index=genre_names, dtype=float)
     def dist(movie_rows):
-        s = genre_of.iloc[np.asarray(movie_rows).reshape(-1)].explode()
-        s = s[s != ""]
-        return s.value_counts(normalize=True)
+        c = genre_counts(movie_rows)
+        return (c / max(1.0, c.sum())).sort_values(ascending=False)
     hist = dist(data.train.m.to_numpy())
     fig, ax = plt.subplots(figsize=(10, 4))
     frame = pd.DataFrame({"history": hist})
@@ -656,7 +811,7 @@ def _plots(out: Path, results: dict, data: Data, recs: list[Recommender], tops10
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     data.train.rating.plot.hist(ax=axes[0], bins=np.arange(0.25, 5.8, 0.5)); axes[0].set_title("ratings")
-    per_genre = genre_of.iloc[data.train.m.to_numpy()].explode()
-    per_genre[per_genre != ""].value_counts().plot.bar(ax=axes[1]); axes[1].set_title("ratings per genre")
+    genre_counts(data.train.m.to_numpy()).sort_values(ascending=False).plot.bar(ax=axes[1])
+    axes[1].set_title("ratings per genre")
     data.movies.year.dropna().astype(int).plot.hist(ax=axes[2], bins=30); axes[2].set_title("movies per release year")
     fig.tight_layout(); fig.savefig(out / "data.png", dpi=110); plt.close(fig)

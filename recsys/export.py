@@ -69,12 +69,14 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
     """Write users/movies vectors for every prepared user and movie; returns vectors.json."""
     from recsys.models import load_model
 
+    from recsys.prepare.job import MANIFEST, load_manifest
+
     prepared, out = Path(prepared_dir), Path(out_dir)
     trained = load_model(model_dir)
-    manifest_sha = sha256_file(prepared / "manifest.json")
-    if manifest_sha != trained.info["manifest_sha256"]:
-        raise ArtifactError(f"{prepared}/manifest.json differs from the one {model_dir} was trained on; "
-                            "export with the prepared data the model was trained on")
+    load_manifest(prepared)  # its version, and the users/movies tables read below, checked against it
+    manifest_sha = sha256_file(prepared / MANIFEST)
+    check_same_data(prepared / MANIFEST, manifest_sha, Path(model_dir) / "model.json",
+                    trained.info.get("manifest_sha256"), "export with the prepared data the model was trained on")
     with replacing(out, "export", "paths.vectors", signature=("vectors.json",)) as tmp:
         n_users = _write_vectors(tmp / "users.parquet", "user_id", prepared / "users.parquet",
                                  trained.tower_names("user"), trained.user_vectors, trained.version, batch)
@@ -92,6 +94,14 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
     _log(f"{n_users:,} user and {n_movies:,} movie vectors of the {trained.kind} model {trained.version} -> {out}")
     return info
+
+
+def check_same_data(a: Path, a_sha: str | None, b: Path, b_sha: str | None, fix: str) -> None:
+    """One :class:`ArtifactError` naming both sides when ``a`` and ``b`` come from different prepared
+    data: ``a_sha`` and ``b_sha`` are the sha256 of (or recorded for) the prepared ``manifest.json``."""
+    if a_sha != b_sha:
+        raise ArtifactError(f"{a} and {b} come from different prepared data (manifest sha256 {str(a_sha)[:12]} vs "
+                            f"{str(b_sha)[:12]}): {fix}")
 
 
 def load_vectors(vectors_dir: str | Path) -> dict:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from recsys.errors import ArtifactError, RecsysError
 from recsys.checksums import json_digest
-from recsys.export import load_vectors, sha256_file
+from recsys.export import check_same_data, load_vectors, sha256_file
 from recsys.indexing import VectorIndex, normalize
 from recsys.outputs import replacing
 
@@ -57,13 +57,24 @@ def build_serving_dir(cfg) -> dict:
     """Build every index from ``paths.vectors`` (+ prepared tables and the model artifact) into ``paths.index``."""
     from recsys.models.contract import copy_artifact, weights_version
 
+    from recsys.prepare.job import MANIFEST, load_manifest
+
     vec = load_vectors(cfg.paths.vectors)
     info = vec["info"]
     prepared = Path(info["prepared_dir"])
     model_dir = Path(info["model_dir"])
-    if weights_version(model_dir) != info["model_version"]:
-        raise ArtifactError(f"the model in {model_dir} is not the one {cfg.paths.vectors} was exported from "
-                            "(weights differ): export again")
+    vectors_json = Path(cfg.paths.vectors) / "vectors.json"
+    # one model version and one prepared dataset behind vectors, tables and the copied model
+    found = weights_version(model_dir)
+    if found != info["model_version"]:
+        raise ArtifactError(f"the model in {model_dir} (version {found}) is not the one {vectors_json} was exported "
+                            f"from (version {info['model_version']}): export again")
+    model_info = json.loads((model_dir / "model.json").read_text())
+    check_same_data(vectors_json, info["manifest_sha256"], model_dir / "model.json", model_info.get("manifest_sha256"),
+                    "export again")
+    manifest = load_manifest(prepared)  # its version and every table read below, checked against it
+    check_same_data(prepared / MANIFEST, sha256_file(prepared / MANIFEST), vectors_json, info["manifest_sha256"],
+                    f"the prepared data changed after the export; export again from {prepared}")
     out = Path(cfg.paths.index)
     movies_v, users_v = vec["movies"], vec["users"]
     with replacing(out, "index", "paths.index", signature=(INDEX_JSON,)) as tmp:
@@ -89,7 +100,7 @@ def build_serving_dir(cfg) -> dict:
                           for s in ("train", "valid") if (prepared / f"ratings_{s}").exists()])
         seen.to_parquet(tmp / "seen.parquet", index=False)
         copy_artifact(model_dir, tmp / MODEL_SUBDIR)
-        stats = json.loads((prepared / "manifest.json").read_text())["stats"]
+        stats = manifest["stats"]
         files = list(_TABLES) + sorted(str(p.relative_to(tmp)) for p in (tmp / MODEL_SUBDIR).rglob("*") if p.is_file())
         index_info = {
             "model_version": info["model_version"], "kind": info["kind"], "label": info["label"], "rates": info["rates"],
@@ -108,6 +119,26 @@ def build_serving_dir(cfg) -> dict:
              f"{entry['search_params'] or ''} recall@{cfg.index.recall_k} {entry['recall_at_k']:.3f}")
     _log(f"wrote {out} ({info['kind']} model {info['model_version']})")
     return index_info
+
+
+def _check_model(model_dir: Path, info: dict, info_path: Path) -> None:
+    """The model artifact that serves cold start must be the one the index was built from: the same
+    weights (version) and the same prepared data (manifest sha256). One error naming both sides."""
+    from recsys.models.contract import MODEL_JSON, weights_version
+
+    model_json = model_dir / MODEL_JSON
+    if not model_json.is_file():
+        return  # no artifact: cold start says so on first use; known users and movies need none
+    try:
+        model_info = json.loads(model_json.read_text())
+    except ValueError as err:
+        raise ArtifactError(f"{model_json}: not valid JSON ({err})") from None
+    found = weights_version(model_dir)
+    if found != info["model_version"]:
+        raise ArtifactError(f"the model in {model_dir} is version {found}, but {info_path} was built from version "
+                            f"{info['model_version']}: serve it with the model it was built from, or rebuild the index")
+    check_same_data(info_path, info["manifest_sha256"], model_json, model_info.get("manifest_sha256"),
+                    "rebuild the index from this model's export")
 
 
 def _matrix(column: pd.Series) -> np.ndarray:
@@ -134,6 +165,12 @@ class Recommender:
         self._ms, self._mr = _matrix(movies["score"]), _matrix(movies["rank"])
         self._msim = _matrix(movies["similarity"])
         self._us, self._ur = _matrix(users["score"]), _matrix(users["rank"])
+        # the table columns as Python lists: a list lookup per row is far cheaper than pandas .at
+        # (about 30 per top-10 answer)
+        self._movie_fields = (movies["movie_id"].astype("int64").tolist(), movies["title"].tolist(),
+                              movies["genres"].tolist())
+        self._user_fields = (users["user_id"].astype("int64").tolist(), users["gender"].tolist(),
+                             [None if pd.isna(a) else int(a) for a in users["age"]], users["occupation"].tolist())
         self._movie_row = {int(v): i for i, v in enumerate(movies["movie_id"])}
         self._user_row = {int(v): i for i, v in enumerate(users["user_id"])}
         # seen movies as catalog rows, mapped once here rather than on every query
@@ -147,8 +184,13 @@ class Recommender:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, directory: str | Path, model_dir: str | Path | None = None, verify: bool = True) -> "Recommender":
-        """Load a serving directory; ``model_dir`` (default: the artifact inside it) serves cold start."""
+    def load(cls, directory: str | Path, model_dir: str | Path | None = None, verify: bool = True,
+             prepared: str | Path | None = None) -> "Recommender":
+        """Load a serving directory; ``model_dir`` (default: the artifact inside it) serves cold start.
+
+        The model artifact must be the index's (its weights' version and its prepared data's
+        manifest sha256 equal ``index.json``'s); with ``prepared``, that prepared directory must be
+        the one the index was built from (:meth:`check_prepared`). A mismatch raises ArtifactError."""
         d = Path(directory)
         info_path = d / INDEX_JSON
         if not info_path.is_file():
@@ -182,7 +224,27 @@ class Recommender:
         seen = {int(u): g.to_numpy(np.int64) for u, g in seen_df.groupby("user_id")["movie_id"]}
         # the model artifact travels inside the directory (a relative path): a moved index still serves cold start
         md = Path(model_dir) if model_dir else d / info["model"]
-        return cls(d, info, indexes, movies, users, seen, md)
+        _check_model(md, info, info_path)
+        rec = cls(d, info, indexes, movies, users, seen, md)
+        if prepared is not None:
+            rec.check_prepared(prepared)
+        return rec
+
+    @property
+    def manifest_sha256(self) -> str:
+        """sha256 of the prepared data's ``manifest.json`` that model, vectors and index come from."""
+        return self.info["manifest_sha256"]
+
+    def check_prepared(self, prepared_dir: str | Path) -> None:
+        """Raise :class:`ArtifactError` naming both sides unless ``prepared_dir`` is the prepared data
+        this index was built from (``manifest.json`` sha256): what evaluation on it must check first."""
+        from recsys.prepare.job import MANIFEST
+
+        path = Path(prepared_dir) / MANIFEST
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found: run `spark-submit jobs/prepare.py --config ...` first")
+        check_same_data(path, sha256_file(path), self.directory / INDEX_JSON, self.manifest_sha256,
+                        "evaluate with the prepared data the model was trained on, or rebuild the model and index")
 
     # ------------------------------------------------------------------ helpers
 
@@ -207,8 +269,9 @@ class Recommender:
         return self._row(self._movie_row, movie_id, "movie", "similar_to_new_movie")
 
     def _movie_rows(self, rows, scores, as_frame: bool):
-        out = [{"movie_id": int(self.movies.at[r, "movie_id"]), "title": self.movies.at[r, "title"],
-                "genres": self.movies.at[r, "genres"], "score": float(s)} for r, s in zip(rows, scores)]
+        ids, titles, genres = self._movie_fields
+        out = [{"movie_id": ids[r], "title": titles[r], "genres": genres[r], "score": float(s)}
+               for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
     def _search_movies(self, rank_query: np.ndarray, score_query: np.ndarray, k: int,
@@ -258,9 +321,9 @@ class Recommender:
         return self._movie_rows(rows[0][keep][:k], scores[0][keep][:k], as_frame)
 
     def _user_rows(self, rows, scores, as_frame):
-        out = [{"user_id": int(self.users.at[r, "user_id"]), "gender": self.users.at[r, "gender"],
-                "age": None if pd.isna(self.users.at[r, "age"]) else int(self.users.at[r, "age"]),
-                "occupation": self.users.at[r, "occupation"], "score": float(s)} for r, s in zip(rows, scores)]
+        ids, genders, ages, occupations = self._user_fields
+        out = [{"user_id": ids[r], "gender": genders[r], "age": ages[r], "occupation": occupations[r],
+                "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
     def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool,

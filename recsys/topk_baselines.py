@@ -9,8 +9,8 @@
 
 Every baseline follows :class:`recsys.evaluation.Recommender` (``fit`` / ``scores``); none
 predicts ratings (``rates = False``). Interactions are binary: a rating of any value is a 1.
-``scores`` is called for a block of users (``evaluate.block_users``), so the users x movies
-scores are never materialised whole.
+``scores`` is called for a block of users (at most ``evaluate.block_users``, fewer when
+``evaluate.block_memory_gb`` says so), so the users x movies scores are never materialised whole.
 """
 
 from __future__ import annotations
@@ -70,13 +70,20 @@ class ItemKnn(Recommender):
 
     Each candidate movie j keeps its ``neighbours`` most similar other movies N(j); the score of
     user u for j is ``sum over i in (movies of u) & N(j) of sim(i, j)``. The similarities are
-    computed ``block_items`` candidate columns at a time and kept sparse ([n_movies, k] non-zeros).
+    computed ``block_items`` candidate columns at a time and kept sparse ([n_movies, k] non-zeros):
+    time grows with movies x movies (skipped above ``max_items`` movies).
     """
 
     label, rates, kind = "ItemKNN (implicit, cosine)", False, "top-k"
 
-    def __init__(self, neighbours: int, block_items: int):
-        self.k, self.block = int(neighbours), int(block_items)
+    def __init__(self, neighbours: int, block_items: int, max_items: int | None = None):
+        self.k, self.block, self.max_items = int(neighbours), int(block_items), max_items
+
+    def unavailable(self, data: Data) -> str | None:
+        if self.max_items is not None and data.n_movies > self.max_items:
+            return (f"{data.n_movies:,} movies > evaluate.item_knn.max_items {self.max_items:,} "
+                    f"(it computes every movie's similarity to every other: {data.n_movies ** 2:,} cells per fit)")
+        return None
 
     def fit(self, data):
         from scipy import sparse
@@ -154,11 +161,13 @@ class Tuned(Recommender):
     kind = "top-k"
 
     def __init__(self, label: str, make: Callable[..., Recommender], grid: list[dict], metric: str = "ndcg@10",
-                 block_users: int = 256, liked_share: float = 0.75):
+                 block_users: int = 256, liked_share: float = 0.75, block_memory_gb: float | None = None,
+                 sample_users: int = 0, seed: int = 0):
         if not grid:
             raise ValueError(f"{label}: empty tuning grid")
         self.label, self.make, self.grid, self.metric = label, make, grid, metric
-        self.block_users, self.liked_share = block_users, liked_share
+        self.block_users, self.liked_share, self.block_memory_gb = block_users, liked_share, block_memory_gb
+        self.sample_users, self.seed = sample_users, seed  # validation users ranked per trial (0: all)
         self.tuning: dict = {}
 
     def unavailable(self, data: Data) -> str | None:
@@ -173,11 +182,14 @@ class Tuned(Recommender):
             _log(f"{self.label}: no validation split (prepare.split.validation_fraction is 0): not tuned, using {best}")
         else:
             _log(f"{self.label}: tuning budget {len(self.grid)} fits on train, scored by validation {self.metric} "
-                 f"({len(view.test):,} validation ratings)")
+                 f"({len(view.test):,} validation ratings"
+                 + (f"; a seeded sample of {self.sample_users:,} validation users)" if self.sample_users else ")"))
             for point in self.grid:
                 t0 = time.time()
                 rec = self.make(**point).fit(view)
-                value = ranking_metrics(rec, view, ks=(k,), block=self.block_users, liked_share=self.liked_share)[0][self.metric]
+                value = ranking_metrics(rec, view, ks=(k,), block=self.block_users, liked_share=self.liked_share,
+                                        block_memory_gb=self.block_memory_gb, sample_users=self.sample_users,
+                                        seed=self.seed)[0][self.metric]
                 trials.append({"params": point, self.metric: value, "fit_seconds": round(time.time() - t0, 2)})
                 _log(f"  {self.label} {point}: validation {self.metric} {value:.4f}")
                 del rec
@@ -200,10 +212,11 @@ def grid(**axes: list) -> list[dict]:
 def topk_baselines(ev, include_slow: bool = True) -> list[Recommender]:
     """The tuned top-k baselines from ``ev`` (an :class:`recsys.config.EvaluateConfig`); Spark's
     implicit ALS only with ``include_slow``."""
-    common = {"metric": ev.tune_metric, "block_users": ev.block_users, "liked_share": ev.liked_share}
+    common = {"metric": ev.tune_metric, "block_users": ev.block_users, "liked_share": ev.liked_share,
+              "block_memory_gb": ev.block_memory_gb, "sample_users": ev.sample_users, "seed": ev.seed}
     out: list[Recommender] = [
         Tuned(Ease.label, lambda lam: Ease(lam, ev.ease.max_items), grid(lam=ev.ease.lambdas), **common),
-        Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items),
+        Tuned(ItemKnn.label, lambda neighbours: ItemKnn(neighbours, ev.item_knn.block_items, ev.item_knn.max_items),
               grid(neighbours=ev.item_knn.neighbours), **common),
     ]
     if include_slow:

@@ -64,7 +64,7 @@ class RecommenderContract:
         seen = data.train.groupby("u").m.apply(np.array).to_dict()
         users = np.array(sorted(data.test.u.unique()))[:8]
         k = 3
-        tops = fitted.top_k(users, k, seen)
+        tops = fitted.top_k(users, k, data.seen[users])
         scores = fitted.scores(users)
         assert tops.shape == (len(users), k)
         for row, u in enumerate(users):

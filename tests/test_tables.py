@@ -261,6 +261,6 @@ def test_douban_trains_and_serves_a_new_chinese_title(spark, tmp_path):
     assert ids[0] == enc.vocabs["title_words"].id("西游") != OOV_ID
     similar = rec.similar_to_new_movie(title, ["剧情", "喜剧"], k=5)
     assert len(similar) == 5 and all(r["title"] in TITLES for r in similar)
-    m_vec, _ = rec.new_movie_vector(title, ["剧情", "喜剧"])
-    other, _ = rec.new_movie_vector("霸王别姬", ["剧情", "喜剧"])
+    m_vec = rec.new_movie_vector(title, ["剧情", "喜剧"])["similarity"]
+    other = rec.new_movie_vector("霸王别姬", ["剧情", "喜剧"])["similarity"]
     assert not np.allclose(m_vec, other)  # the title tokens reach the movie tower

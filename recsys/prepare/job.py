@@ -347,12 +347,68 @@ def _encode_movies(movies: pd.DataFrame, encoder: FeatureEncoder) -> pd.DataFram
     return pd.concat([movies, enc], axis=1)
 
 
-def load_manifest(prepared_dir: str | Path) -> dict:
-    """The manifest of a prepared directory, with a clear error when missing or unreadable."""
+def load_manifest(prepared_dir: str | Path, verify: bool = True) -> dict:
+    """The manifest of a prepared directory, checked before anything reads the directory.
+
+    Always: the file exists, is JSON, and its ``manifest_version`` is the one this recsys
+    writes (:data:`MANIFEST_VERSION`). With ``verify`` (the default), also every Parquet table
+    the manifest lists (:func:`verify_tables`): one sha256 pass over the tables, no TFRecords.
+
+    Raises:
+        ArtifactError: naming the file and what is wrong (missing, unreadable, older or newer
+            manifest, a table missing, altered or not listed).
+    """
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path} not found: run `spark-submit jobs/prepare.py --config ...` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{path}: unreadable manifest ({err})") from None
+    version = manifest.get("manifest_version") if isinstance(manifest, dict) else None
+    if version != MANIFEST_VERSION:
+        if isinstance(version, int) and version > MANIFEST_VERSION:
+            raise ArtifactError(f"{path} is manifest version {version}, newer than this recsys {__version__} reads "
+                                f"(version {MANIFEST_VERSION}): upgrade recsys, or re-run prepare with this one")
+        raise ArtifactError(f"{path} is manifest version {version if version is not None else 'none (no manifest_version)'}"
+                            f", older than this recsys {__version__} reads (version {MANIFEST_VERSION}): re-run "
+                            "`spark-submit jobs/prepare.py --config ...`")
+    if verify:
+        verify_tables(Path(prepared_dir), manifest)
+    return manifest
+
+
+def verify_tables(prepared: Path, manifest: dict) -> None:
+    """Check every Parquet table of a prepared directory against the sha256 in its manifest.
+
+    ``users.parquet`` and ``movies.parquet`` (``manifest["tables"]``) and, per split, the
+    ``ratings_<split>/`` parts its shards list (``table``, ``table_sha256``): each must exist
+    and match, and a split's directory may hold no other Parquet file (readers load the whole
+    directory, so a stray part would be read as data). Cost: one sha256 pass over the tables.
+    """
+    from recsys.checksums import sha256_file
+
+    where = prepared / MANIFEST
+    listed: dict[str, str] = {}
+    for name in ("users.parquet", "movies.parquet"):
+        entry = manifest.get("tables", {}).get(name)
+        if not entry or not entry.get("sha256"):
+            raise ArtifactError(f"{where} records no sha256 for {name} (written by an older prepare): re-run prepare")
+        listed[entry["path"]] = entry["sha256"]
+    for split, info in manifest.get("splits", {}).items():
+        parts = {s["table"]: s.get("table_sha256") for s in info.get("shards", []) if s.get("table")}
+        if not parts or not all(parts.values()):
+            raise ArtifactError(f"{where} records no sha256 for the ratings_{split}/ tables (written by an older "
+                                "prepare): re-run prepare")
+        on_disk = {str(p.relative_to(prepared)) for p in (prepared / f"ratings_{split}").glob("*.parquet")}
+        for stray in sorted(on_disk - set(parts)):
+            raise ArtifactError(f"{prepared / stray} is not listed in {where}: a stray file would be read as "
+                                f"ratings of the {split} split; remove it, or re-run prepare")
+        listed.update(parts)
+    for name, digest in listed.items():
+        path = prepared / name
+        if not path.is_file():
+            raise ArtifactError(f"table {path} listed in {where} is missing (re-run prepare, or restore the file)")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"table {path} is corrupt: sha256 differs from {where} "
+                                "(re-run prepare, or restore the file)")
