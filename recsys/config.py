@@ -221,6 +221,8 @@ class ModelConfig:
     retrieval_weight: float = 0.3  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
+    retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
+    unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
 
 
@@ -245,6 +247,7 @@ class TrainConfig:
     weight_average_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     deterministic: bool = False  # reproducible runs for a fixed seed and rank count (TF op determinism; slower)
     elastic_commit_steps: int = 50  # elastic runs (horovodrun --min-np/--max-np): commit state every N steps
+    finite_check_steps: int = 50  # losses read (and checked for NaN/inf) every N steps, not per step
     validation_users: int = 2000  # users scored for a ranking validation metric (ndcg@10), a fixed seeded sample
 
 
@@ -558,9 +561,11 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.model.bpr.l2 >= 0, "model.bpr.l2", "must be 0 or more"),
         (cfg.train.validation_users >= 1, "train.validation_users", "must be at least 1"),
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
+        (cfg.model.retrieval_group_size >= 1, "model.retrieval_group_size", "must be at least 1 (examples per group)"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
+        (cfg.train.finite_check_steps >= 1, "train.finite_check_steps", "must be at least 1"),
         (0.0 < cfg.train.lr_decay_per_epoch <= 1.0, "train.lr_decay_per_epoch", "must be in (0, 1]"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (cfg.model.output_dim >= 1 and cfg.model.embedding_dim >= 1, "model", "output_dim and embedding_dim must be at least 1"),

@@ -284,7 +284,8 @@ def build_run(cfg: Config, hvd, threads: int, max_steps: int | None) -> Run:
 
 def make_train_step(run: Run):
     """The compiled step: the model's named losses, the Horovod-wrapped tape, the optimizer step
-    (loss-scaled under float16), the weight averages. Returns ``(named losses, examples)``."""
+    (loss-scaled under float16), the weight averages, the global step. Returns the named loss
+    tensors (read by :class:`EpochLosses`, not per step)."""
     import tensorflow as tf
 
     from recsys.precision import compile_forward
@@ -297,6 +298,7 @@ def make_train_step(run: Run):
         losses = model.named_losses(x, y)
         return losses, tf.add_n(list(losses.values()))
 
+    model.static_shapes = bool(run.cfg.train.xla)  # XLA: no data-dependent shapes inside the forward pass
     forward = compile_forward(forward, run.cfg.train.xla)  # precision: XLA outside Horovod's ops
 
     @tf.function
@@ -308,7 +310,8 @@ def make_train_step(run: Run):
         loss_scale.minimize(tape, total, model.trainable_variables, optimizer)
         for average, var in zip(run.averages, model.trainable_variables):
             average.assign(decay * average + (1.0 - decay) * var)
-        return losses, tf.shape(y)[0]
+        run.step_var.assign_add(1)
+        return losses
 
     return train_step
 
@@ -534,19 +537,62 @@ def check_finite(run: Run, losses: dict, epoch: int, step: int) -> None:
             + "".join(f", {hint}" for hint in run.model.divergence_knobs()))
 
 
-def close_epoch(run: Run, progress, losses: list[dict], seen: int, seconds: float, valid_ds) -> bool:
-    """Average the epoch's losses over ranks, validate, checkpoint and log on rank 0; returns the
-    early-stopping decision (rank 0's, broadcast to all)."""
-    import numpy as np
+class EpochLosses:
+    """The epoch's named losses, kept on the device and read every ``train.finite_check_steps`` steps.
+
+    Reading a loss (``float(tensor)``) waits for its step to finish, so a read per step would
+    stall the host each step (and, on a GPU, keep it from queueing the next one). The step's
+    loss tensors are held for a window of steps and summed on the device; one read per window
+    checks them and adds the window to the epoch's sums (float64 on the host).
+    """
+
+    def __init__(self, run: Run, epoch: int, check_steps: int):
+        self.run, self.epoch, self.check_steps = run, epoch, check_steps
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.window: list[dict] = []
+
+    def add(self, named: dict) -> None:
+        """One step's named loss tensors (not read until the window closes)."""
+        self.window.append(named)
+        if len(self.window) >= self.check_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the window's sums; stop at its first non-finite step (see :func:`check_finite`)."""
+        import tensorflow as tf
+
+        if not self.window:
+            return
+        window, first = self.window, self.steps + 1
+        self.window = []
+        sums = {k: float(tf.add_n([named[k] for named in window])) for k in window[0]}
+        if not all(math.isfinite(v) for v in sums.values()):  # find the step: only on the way to an error
+            for i, named in enumerate(window):
+                check_finite(self.run, {k: float(v) for k, v in named.items()}, self.epoch, first + i)
+            check_finite(self.run, sums, self.epoch, first + len(window) - 1)  # finite steps, overflowing sum
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += len(window)
+
+    def means(self) -> dict[str, float]:
+        """The epoch's mean of each named loss (after a final :meth:`flush`)."""
+        self.flush()
+        return {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
+
+
+def close_epoch(run: Run, progress, losses: dict[str, float], seen: int, seconds: float, valid_ds) -> bool:
+    """Average the epoch's mean losses (``EpochLosses.means``) over ranks, validate, checkpoint and
+    log on rank 0; returns the early-stopping decision (rank 0's, broadcast to all)."""
     import tensorflow as tf
 
     from recsys.models.contract import selection_value
 
     hvd, cfg = run.hvd, run.cfg
     rank, size = hvd.rank(), hvd.size()
-    names = sorted(losses[0]) if losses else []
+    names = sorted(losses)
     # Horovod: average the epoch's metrics over ranks before anyone reads them
-    train = {name: float(hvd.allreduce(tf.constant(float(np.mean([l[name] for l in losses])), tf.float64),
+    train = {name: float(hvd.allreduce(tf.constant(losses[name], tf.float64),
                                        op=hvd.Average, name=f"train_{name}")) for name in names}
     total_seen = int(hvd.allreduce(tf.constant(seen, tf.int64), op=hvd.Sum))
     with averaged_weights(run):
@@ -649,14 +695,13 @@ def fit_static(run: Run, progress) -> None:
     steps = run.steps_per_epoch(size)
     try:
         while not _finished(run, progress):
-            t0, losses, seen = time.time(), [], 0
-            for i in range(steps):
+            t0, losses = time.time(), EpochLosses(run, progress.epoch + 1, run.cfg.train.finite_check_steps)
+            for _ in range(steps):
                 x, y = next(it)
-                named, n = run.train_step(x, y)
-                run.step_var.assign_add(1)
-                losses.append({k: float(v) for k, v in named.items()}); seen += int(n)
-                check_finite(run, losses[-1], progress.epoch + 1, i + 1)
-            if close_epoch(run, progress, losses, seen, time.time() - t0, valid_ds):
+                named = run.train_step(x, y)
+                losses.add(named)  # read every train.finite_check_steps steps, not per step
+            means = losses.means()  # every step of a rank holds run.batch_examples (static batches)
+            if close_epoch(run, progress, means, steps * run.batch_examples, time.time() - t0, valid_ds):
                 break
     except Exception as err:  # noqa: BLE001 - only a peer's failure is translated, the rest re-raised
         if not _is_peer_failure(err):
@@ -686,19 +731,17 @@ def fit_elastic(run: Run, start) -> object:
         it, valid_ds = inputs(run, rank, size)
         global_batch = run.batch_examples * size
         while not _finished(run, state):
-            t0, losses, seen = time.time(), [], 0
+            t0, losses = time.time(), EpochLosses(run, state.epoch + 1, run.cfg.train.finite_check_steps)
             # the rest of the epoch at the current size (all of it unless resumed mid-epoch)
             steps = min(max(0, (run.total - state.examples_done) // global_batch), run.steps_per_epoch(size))
             for i in range(steps):
                 x, y = next(it)
-                named, n = run.train_step(x, y)
-                run.step_var.assign_add(1)
+                losses.add(run.train_step(x, y))
                 state.examples_done += global_batch
-                losses.append({k: float(v) for k, v in named.items()}); seen += int(n)
-                check_finite(run, losses[-1], state.epoch + 1, i + 1)
                 if (i + 1) % commit_every == 0:
+                    losses.flush()  # no commit of non-finite weights
                     state.commit()
-            stop = close_epoch(run, state, losses, seen, time.time() - t0, valid_ds)
+            stop = close_epoch(run, state, losses.means(), steps * run.batch_examples, time.time() - t0, valid_ds)
             state.commit()
             if stop:
                 break

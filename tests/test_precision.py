@@ -205,6 +205,7 @@ def test_xla_forward_matches_the_plain_one_and_gives_gradients():
     model = RatingNetwork(SPEC, {"train_rating_mean": 3.5}, cfg)
     model.build_variables()
     model.log_q = tf.fill([40], -3.0)  # one log sampling probability per movie id (the retrieval loss)
+    model.static_shapes = True  # as recsys.training sets it under train.xla (towers per example, static shapes)
     x, y = _batch()
 
     def forward(x, y):

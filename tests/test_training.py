@@ -114,14 +114,20 @@ def test_score_is_mu_plus_biases_plus_dot(prepared, history, tmp_path):
 
 
 def test_non_finite_loss_stops_with_one_line(prepared, tmp_path):
-    """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs."""
+    """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs.
+    The losses are read every 7 steps (of about 40 per epoch): the line names the first non-finite
+    step inside that window, not the step where the window was read."""
+    import re
+
     base, overrides = prepared
     proc = subprocess.run(_train_cmd(base, overrides, 1, tmp_path / "m", "--set", "train.learning_rate=1.0e+30",
-                                     "--set", "train.warmup_epochs=0"),
+                                     "--set", "train.warmup_epochs=0", "--set", "train.finite_check_steps=7"),
                           env=ENV, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "non-finite loss" in errors[0] and "at epoch 1, step" in errors[0] and "train.learning_rate" in errors[0]
+    step = int(re.search(r"at epoch 1, step (\d+)", errors[0]).group(1))
+    assert 2 <= step < 7, errors[0]  # step 1 runs on the initial weights; the blow-up shows at once
     assert "Traceback" not in proc.stderr
 
 

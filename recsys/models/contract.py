@@ -61,6 +61,9 @@ class RecModel(keras.Model):
     label = "?"  # the name reports use
     rates = False  # True: score() is a predicted rating (validation RMSE, rating metrics)
     default_validation_metric = NDCG
+    # set by the trainer under train.xla: the forward pass is XLA-compiled, so a model must not give
+    # its tensors data-dependent shapes there (e.g. one row per unique id of the batch)
+    static_shapes = False
 
     def __init__(self, spec: dict, stats: dict, cfg):
         super().__init__(name=f"{self.kind}_model")

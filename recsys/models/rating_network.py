@@ -266,36 +266,105 @@ class RatingNetwork(RecModel):
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);
         regularization: the layers' L2 terms."""
-        uv, mv = self.user_vectors(x, training=True), self.movie_vectors(x, training=True)
+        uv = self._per_unique(self.user_vectors, x, self.user_tower.id_feature, self.user_features)
+        mv = self._per_unique(self.movie_vectors, x, self.movie_tower.id_feature, self.movie_features)
         pred = self.mu + tf.reduce_sum(uv["score"] * mv["score"], axis=-1)
         out = {"rating": tf.reduce_mean(tf.square(pred - f32(y)))}
         if self.retrieval:
             ids = x["movie_id"]
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
-                uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature)
+                uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature,
+                self.cfg.retrieval_group_size)
         if self.losses:
             out["regularization"] = float32_sum(self.losses)  # precision: add_loss terms may be float16
         return out
 
+    def _per_unique(self, vectors, x, id_feature, names):
+        """``vectors(x)`` computed once per unique id of the batch and gathered back to [B, ...].
+
+        A tower's inputs are a function of its id (prepare looks them up in the users and movies
+        tables), so the batch's repeats (a popular movie, an active user) need one tower pass; the
+        gradient of the gather sums the repeats' contributions, as the per-example towers would.
+        Rows with the unknown (OOV) id are kept apart: their attributes may differ. Duplicates
+        share one dropout mask per step. Off with ``model.unique_towers: false``, under XLA
+        (``static_shapes``: the unique count is data-dependent) and with ``model.embedding_l2``
+        (a per-example penalty over the rows looked up).
+        """
+        if (not self.cfg.unique_towers or self.static_shapes or id_feature is None or self.cfg.embedding_l2 > 0):
+            return vectors(x, training=True)
+        from recsys.features import OOV_ID
+
+        ids = x[id_feature["name"]]
+        n = tf.shape(ids, out_type=ids.dtype)[0]
+        key = tf.where(tf.equal(ids, OOV_ID), -1 - tf.range(n, dtype=ids.dtype), ids)  # OOV rows: each its own
+        unique, index = tf.unique(key)
+        first = tf.math.unsorted_segment_min(tf.range(tf.shape(ids)[0]), index, tf.shape(unique)[0])  # [U]
+        out = vectors({k: tf.gather(x[k], first) for k in names}, training=True)
+        return {k: tf.gather(v, index) for k, v in out.items()}
+
 
 def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Tensor, log_q: tf.Tensor,
-                   temperature: float) -> tf.Tensor:
-    """In-batch softmax with sampling-bias (logQ) correction, over the rank vectors.
+                   temperature: float, group_size: int | None = None) -> tf.Tensor:
+    """In-batch softmax with sampling-bias (logQ) correction, over the rank vectors, in groups.
 
-    Each user's rated movie is the positive; the batch's other movies are the negatives. They
-    were sampled in proportion to their popularity q_m, so log q_m is subtracted from their
-    logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u), popularity
-    included. The logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` is ``(<u, m> + <u_r, m_r>) / T + c_m``.
-    Memory: one [B, B] block per batch (the batch is the fixed-size group).
+    The batch is cut into consecutive groups of ``group_size`` examples (``model.retrieval_group_size``);
+    inside a group each user's rated movie is the positive and the group's other movies are the
+    negatives. They were sampled in proportion to their popularity q_m, so log q_m is subtracted
+    from their logits (Yi et al., RecSys 2019): the corrected softmax estimates log p(m | u),
+    popularity included. The logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` is
+    ``(<u, m> + <u_r, m_r>) / T + c_m``. The loss is the mean over the batch's examples.
+
+    Cost: ``B / G`` blocks of [G, G] logits, so memory and compute grow linearly with the batch
+    B (one [B, B] block when ``group_size`` is None or at least B: the plain in-batch softmax).
+    A batch that ``group_size`` does not divide gets a shorter last group (padded to G, the
+    padding masked out of the softmax and the mean).
 
     Args:
         user_rank, movie_rank: rank vectors [B, R] of the batch's (user, movie) pairs.
         movie_ids: encoded movie ids [B]; log_q: log sampling probability [B].
+        group_size: examples per group G (None: the whole batch).
+    Returns: scalar float32.
     """
-    logits = tf.matmul(user_rank, movie_rank, transpose_b=True) / temperature - log_q[None, :]  # [B, B]
-    # the same movie elsewhere in the batch is not a negative for this user
-    same = tf.equal(movie_ids[:, None], movie_ids[None, :])
-    others = tf.logical_not(tf.eye(tf.shape(user_rank)[0], dtype=tf.bool))
-    logits = tf.where(same & others, tf.fill(tf.shape(logits), tf.constant(-1e9, logits.dtype)), logits)
-    labels = tf.range(tf.shape(user_rank)[0])
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    batch = user_rank.shape[0]
+    if group_size is None or (batch is not None and group_size >= batch):
+        return _softmax_block(*_folded(user_rank, movie_rank, log_q, temperature, movie_ids, 1, -1))
+    n = tf.shape(user_rank)[0]
+    pad = (-n) % group_size  # 0 for the trainer's static batches
+    valid = None
+    if batch is None or batch % group_size:
+        # padding: a zero user row and a movie whose logit is _MASKED for every user (never a negative)
+        user_rank, movie_rank = (tf.pad(t, [[0, pad], [0, 0]]) for t in (user_rank, movie_rank))
+        log_q = tf.pad(log_q, [[0, pad]], constant_values=-_MASKED)
+        movie_ids = tf.pad(movie_ids, [[0, pad]])
+        valid = tf.reshape(tf.range(n + pad) < n, [-1, group_size])
+    return _softmax_block(*_folded(user_rank, movie_rank, log_q, temperature, movie_ids, -1, group_size), valid)
+
+
+def _folded(user_rank, movie_rank, log_q, temperature, movie_ids, groups, group_size):
+    """Groups of ``[u / T, 1]`` and ``[m, -log q]`` ([N, G, R+1]) and ids ([N, G]): 1/T and the logQ
+    correction folded into the product, so neither costs a pass over the [G, G] logits."""
+    user_rank = tf.concat([user_rank / temperature, tf.ones_like(user_rank[:, :1])], axis=-1)
+    movie_rank = tf.concat([movie_rank, -log_q[:, None]], axis=-1)
+    width = user_rank.shape[-1]
+    return (tf.reshape(user_rank, [groups, group_size, width]), tf.reshape(movie_rank, [groups, group_size, width]),
+            tf.reshape(movie_ids, [groups, group_size]))
+
+
+_MASKED = -1e9  # the logit of a movie that is not a negative: exp underflows to exactly 0
+
+
+def _softmax_block(user_rank, movie_rank, movie_ids, valid=None):
+    """Mean in-group softmax cross-entropy over the groups' real examples: ``user_rank`` [N, G, R+1]
+    ``[u / T, 1]``, ``movie_rank`` [N, G, R+1] ``[m, -log q]``, ids [N, G]; ``valid`` [N, G] bool
+    (None: no padding)."""
+    logits = tf.matmul(user_rank, movie_rank, transpose_b=True)  # [N, G, G]: <u, m> / T - log q_m
+    # the same movie elsewhere in the group is not a negative for this user
+    others = tf.logical_not(tf.eye(tf.shape(user_rank)[1], dtype=tf.bool))[None]
+    masked = tf.equal(movie_ids[:, :, None], movie_ids[:, None, :]) & others
+    logits = tf.where(masked, tf.constant(_MASKED, logits.dtype), logits)
+    labels = tf.broadcast_to(tf.range(tf.shape(user_rank)[1])[None], tf.shape(movie_ids))
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [N, G]
+    if valid is None:
+        return tf.reduce_mean(loss)
+    weights = tf.cast(valid, loss.dtype)
+    return tf.reduce_sum(loss * weights) / tf.reduce_sum(weights)
