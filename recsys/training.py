@@ -492,7 +492,10 @@ def _check_resumed_config(run: Run) -> None:
     if not path.is_file():
         return
     saved, new = _flat(json.loads(path.read_text())), _flat(run.cfg.to_dict())
-    differ = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    # a key the saved config lacks was added to recsys after that run: its value here is logged, not compared
+    for k in sorted(set(new) - set(saved)):
+        _log(f"--resume: {k} is not in the checkpointed run's config (a newer setting); using {new[k]!r}")
+    differ = sorted(k for k in set(saved) & set(new) if saved.get(k) != new.get(k))
     model_keys = [k for k in differ if k.startswith("model.")]
     if model_keys:
         raise ConfigError("--resume: the model differs from the checkpointed run's ("
