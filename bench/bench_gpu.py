@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def run(config: str, batch: int, precision: str, xla: bool, steps: int, override
         history = json.loads((Path(tmp) / "model" / "history.json").read_text())
     last = history[-1]
     return {"batch": batch, "precision": precision, "xla": xla, "examples_per_s": last["examples_per_s"],
-            "step_ms": 1000.0 * batch / last["examples_per_s"], "train_rmse": last["train_rmse"],
+            "step_ms": 1000.0 * batch / last["examples_per_s"], "train_rmse": math.sqrt(last["train_rating"]),  # the rating network's rating loss is the MSE
             "skipped_steps": last.get("skipped_steps", 0)}
 
 

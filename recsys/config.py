@@ -622,16 +622,18 @@ def _validate(cfg: Config, where: str) -> None:
 def _check_faiss_factory(cfg: Config, where: str) -> None:
     """``index.approximate`` must be a factory string FAISS can build at every indexed width.
 
-    The widths are those jobs/build_index.py indexes: ``[m, b_m]`` or ``[m, m_r, prior]``
-    (movies), ``[u, b_u]`` (users) and ``m`` (cosine). Whether the catalog is big enough to
-    train it is checked at build time (recsys.indexing), when its size is known.
+    The widths are those of the vectors jobs/build_index.py indexes for the configured model
+    (its ``score``, ``rank`` and ``similarity`` vectors, ``RecModel.vector_widths``). Whether the
+    catalog is big enough to train it is checked at build time (recsys.indexing), when its size
+    is known.
     """
     if cfg.index.approximate == IndexConfig.approximate:
         return  # the default builds at every width; skip importing FAISS
     import faiss
 
-    out = cfg.model.output_dim
-    widths = sorted({out + cfg.model.retrieval_dim + 1 if cfg.model.retrieval_weight > 0 else out + 1, out + 1, out})
+    from recsys.models import model_class
+
+    widths = sorted(set(model_class(cfg.model.kind).vector_widths(cfg.model).values()))
     for d in widths:
         try:
             faiss.index_factory(d, cfg.index.approximate, faiss.METRIC_INNER_PRODUCT)

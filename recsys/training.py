@@ -447,6 +447,11 @@ def restore(run: Run, resume: bool) -> _Progress:
             history_path = run.model_dir / "history.json"
             history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
             _log(f"resumed from {latest} at epoch {epoch}")
+            if latest != run.manager.latest_checkpoint:
+                # the best weights on disk may come from an epoch after the one restored, which the
+                # history (cut at the restored epoch) no longer shows: a new best replaces them
+                _log(f"--resume: fell back past {run.manager.latest_checkpoint}; the saved best weights may be "
+                     "from a later epoch than the history shows until a resumed epoch improves on them")
             progress = _Progress(epoch, 0, history)
             if history:
                 best_at = min(range(len(history)), key=lambda i: history[i]["valid_selection"])
@@ -496,12 +501,14 @@ def _check_resumed_config(run: Run) -> None:
     for k in sorted(set(new) - set(saved)):
         _log(f"--resume: {k} is not in the checkpointed run's config (a newer setting); using {new[k]!r}")
     differ = sorted(k for k in set(saved) & set(new) if saved.get(k) != new.get(k))
-    model_keys = [k for k in differ if k.startswith("model.")]
+    # only the keys that decide the model's variables stop a resume; other model keys are logged below
+    shape = {f"model.{k}" for k in type(run.model).shape_keys}
+    model_keys = [k for k in differ if k in shape]
     if model_keys:
         raise ConfigError("--resume: the model differs from the checkpointed run's ("
                           + ", ".join(f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in model_keys)
                           + f"); train into another paths.model, or run without --resume to start over")
-    for k in (k for k in differ if k.startswith("train.")):
+    for k in (k for k in differ if k.startswith(("train.", "model.")) and k not in shape):
         _log(f"--resume: {k} changed {saved.get(k)!r} -> {new.get(k)!r}; going on with the new value")
 
 

@@ -149,3 +149,11 @@ def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():
                                             r"vectors.*IVF12 or fewer.*index.flat_max"):
         build_index(v, v, flat_max=100, factory="IVF1024,Flat", target_recall=0.9, k=10, sample=50)
     assert build_index(v, v, flat_max=100, factory="IVF8,Flat", target_recall=0.9, k=10, sample=50).recall >= 0.9
+
+
+def test_faiss_factory_is_checked_at_the_widths_the_model_serves():
+    """The widths come from the model's own vectors: the rating network without the retrieval loss
+    serves 34- and 32-wide vectors (PQ2 builds both), BPR-MF 65 and 64 (PQ2 cannot build 65)."""
+    load_config(ROOT / "conf/default.yaml", ["model.retrieval_weight=0", "index.approximate=PQ2"])
+    with pytest.raises(ConfigError, match=r"builds 65-dimensional vectors"):
+        load_config(ROOT / "conf/default.yaml", ["model.kind=bpr", "index.approximate=PQ2"])

@@ -193,11 +193,14 @@ def test_resume_checks_the_config_and_falls_back_from_a_damaged_checkpoint(prepa
     latest = sorted((model_dir / "checkpoints").glob("ckpt-2.data-*"))[0]
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a truncated last checkpoint
     again = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=3", "--resume",
-                                      "--set", "train.learning_rate=0.001", "--set", "train.early_stopping_patience=10"),
+                                      "--set", "train.learning_rate=0.001", "--set", "train.early_stopping_patience=10",
+                                      "--set", "model.retrieval_group_size=128"),
                            env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "ckpt-2 cannot be read" in again.stderr and "resumed from" in again.stderr and "ckpt-1 at epoch 1" in again.stderr
     assert "train.learning_rate changed 0.002 -> 0.001" in again.stderr
+    # a model key that does not decide the variables (a throughput knob) goes on, logged
+    assert "model.retrieval_group_size changed 1024 -> 128" in again.stderr
     assert [h["epoch"] for h in json.loads((model_dir / "model.json").read_text())["history"]] == [1, 2, 3]
     # the run has finished: resuming it with a new learning rate says so and keeps the model (exit 0)
     before = (model_dir / "model.json").read_text()

@@ -35,6 +35,12 @@ class BPRMF(RecModel):
     label = "BPR-MF"
     rates = False
     default_validation_metric = NDCG
+    shape_keys = ("kind", "bpr.factors")
+
+    @classmethod
+    def vector_widths(cls, cfg) -> dict[str, int]:
+        """score = rank ``[u, 1]`` / ``[m, b_m]`` F+1; similarity ``m`` F."""
+        return {"score": cfg.bpr.factors + 1, "rank": cfg.bpr.factors + 1, "similarity": cfg.bpr.factors}
 
     def __init__(self, spec: dict, stats: dict, cfg):
         super().__init__(spec, stats, cfg)

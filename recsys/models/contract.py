@@ -61,6 +61,15 @@ class RecModel(keras.Model):
     label = "?"  # the name reports use
     rates = False  # True: score() is a predicted rating (validation RMSE, rating metrics)
     default_validation_metric = NDCG
+    # model config keys (relative to ``model.``) that decide the variables: --resume refuses a change
+    # of one of them; any other model key (a loss weight, a throughput knob) goes on and is logged
+    shape_keys: tuple[str, ...] = ("kind",)
+
+    @classmethod
+    def vector_widths(cls, cfg) -> dict[str, int]:
+        """Width of each named vector the index holds (``score``, ``rank``, ``similarity``), from
+        the ``model`` config section alone (no model built): config checks FAISS factories with it."""
+        raise NotImplementedError
     # set by the trainer under train.xla: the forward pass is XLA-compiled, so a model must not give
     # its tensors data-dependent shapes there (e.g. one row per unique id of the batch)
     static_shapes = False

@@ -195,6 +195,16 @@ class RatingNetwork(RecModel):
     label = "rating network"
     rates = True
     default_validation_metric = RMSE
+    shape_keys = ("kind", "embedding_dim", "hidden_units", "output_dim", "title_kernel_heights", "title_filters",
+                  "id_bias", "user_history_length", "retrieval_dim")
+
+    @classmethod
+    def vector_widths(cls, cfg) -> dict[str, int]:
+        """score ``[u, b_u, 1]`` D+2; rank ``[u, u_r, 1]`` D+R+1 with the retrieval loss, else the score;
+        similarity ``m`` D."""
+        out = cfg.output_dim
+        rank = out + cfg.retrieval_dim + 1 if cfg.retrieval_weight > 0 else out + 2
+        return {"score": out + 2, "rank": rank, "similarity": out}
 
     def __init__(self, spec: dict, stats: dict, cfg: ModelConfig):
         super().__init__(spec, stats, cfg)

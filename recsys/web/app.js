@@ -99,6 +99,11 @@ async function init() {
   } catch (err) { showError(err.message); $("#status").textContent = "no index loaded"; return; }
   $("#status").textContent = `${catalog.users.toLocaleString()} users, ${catalog.movies.toLocaleString()} movies` +
     (catalog.cold_start ? "" : " (cold start unavailable: no model)");
+  if (catalog.rates === false) {  // a model that does not predict ratings (BPR-MF): its score, unclipped
+    for (const th of document.querySelectorAll("th")) {
+      if (th.textContent === "predicted rating") { th.textContent = "score"; th.title = "the model's score (not a rating)"; }
+    }
+  }
   for (const [sel, values] of [["#nu-gender", catalog.genders], ["#nu-occupation", catalog.occupations]]) {
     for (const v of values) { const o = document.createElement("option"); o.value = o.textContent = v; $(sel).appendChild(o); }
   }
