@@ -706,12 +706,35 @@ def evaluate(prepared: str | Path, served: dict[str | None, str | Path], report_
             tops10[rec.label] = row.pop("top10")
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
+    floor = noise_floor(prepared, data)
     best = best_baselines(results, [rec.label for rec in recs if isinstance(rec, ServedModel)])
     metrics = {"prepared": str(prepared), "protocol": __doc__.split("Protocol")[1].split("Every recommender")[0].strip(),
                "liked_threshold": liked, "results": results, "best_baseline": best}
+    if floor:
+        metrics["noise_floor"] = floor
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_report(report_dir, results, data, recs, tops10, best, liked)
+    _write_report(report_dir, results, data, recs, tops10, best, liked, floor)
     return metrics
+
+
+def noise_floor(prepared: str | Path, data: Data) -> dict | None:
+    """The test RMSE of the synthetic data's own expected ratings (its noise floor: no model can
+    beat it in expectation), when the prepared data was made from ``recsys data synth`` output that
+    is still at the manifest's ``source.raw_dir``; else None."""
+    from recsys.datasets.synth import noise_floor_rmse
+    from recsys.prepare.job import load_manifest
+
+    raw = load_manifest(Path(prepared)).get("source", {}).get("raw_dir")
+    if not raw or data.test is None or not len(data.test):
+        return None
+    pairs = pd.DataFrame({"user_id": data.users.user_id.to_numpy()[data.test.u.to_numpy()],
+                          "movie_id": data.movies.movie_id.to_numpy()[data.test.m.to_numpy()],
+                          "rating": data.test.rating.to_numpy()})
+    floor = noise_floor_rmse(raw, pairs)
+    if floor:
+        _log(f"noise floor (the synthetic data's expected ratings): test RMSE {floor['rmse']:.4f} "
+             f"over {floor['pairs']:,} pairs")
+    return floor
 
 
 def _fmt(v) -> str:
@@ -719,7 +742,7 @@ def _fmt(v) -> str:
 
 
 def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender], tops10: dict,
-                  best: dict | None = None, liked: float = 4.0) -> None:
+                  best: dict | None = None, liked: float = 4.0, floor: dict | None = None) -> None:
     lines = ["# Evaluation report", "", f"Test ratings: {len(data.test):,}; users with test ratings: "
              f"{data.test.u.nunique():,}; catalog: {data.n_movies:,} movies. Kinds: rating prediction "
              "(ranked by predicted rating), top-k (built to rank; tuned on the validation split), model (ours).", "",
@@ -738,6 +761,10 @@ def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender],
                      f"{_fmt(k.get('map@10'))} | {_fmt(k.get('ndcg@10_rel4'))} | {_fmt(r.get('coverage@10'))} | "
                      f"{_fmt(r.get('diversity@10'))} | {_fmt(r.get('novelty@10'))} |")
     lines += [""] + skipped if skipped else []
+    if floor:
+        lines += ["", f"Noise floor: the synthetic data's expected ratings (its hidden model, noise and rounding "
+                      f"integrated out) score test RMSE {_fmt(floor['rmse'])} on {floor['pairs']:,} test pairs; "
+                      "no model can beat it in expectation."]
     ranked = [(label, r) for label, r in results.items() if "ranking_users" in r]
     if ranked:
         n_test_users = data.test.u.nunique()

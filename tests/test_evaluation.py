@@ -261,6 +261,38 @@ def test_evaluate_under_a_tiny_memory_knob_gives_the_same_report(tmp_path):
     assert json.loads((tmp_path / "tiny" / "metrics.json").read_text())["results"]["user+item bias"]["ndcg@10_ci95"]
 
 
+def test_report_gives_the_synthetic_data_noise_floor_when_the_raw_data_has_it(tmp_path):
+    """The raw folder of synthetic data holds each pair's expected rating: the report's noise floor
+    is the RMSE of those expectations on the test pairs; without the file there is no floor."""
+    import json
+
+    from recsys.config import EvaluateConfig
+    from recsys.datasets.synth import EXPECTED_RATINGS
+    from recsys.evaluation import evaluate
+
+    data = _random_case(n_u=30, n_m=20)
+    _write_prepared(data, tmp_path / "prepared")
+    ev = EvaluateConfig()
+    ev.ease.lambdas, ev.item_knn.neighbours = [10.0], [5]
+    plain = evaluate(tmp_path / "prepared", {}, tmp_path / "plain", include_slow=False, settings=ev)
+    assert "noise_floor" not in plain and "Noise floor" not in (tmp_path / "plain" / "report.md").read_text()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    users, movies = data.users.user_id.to_numpy(), data.movies.movie_id.to_numpy()
+    every = pd.DataFrame({"user_id": np.repeat(users, len(movies)), "movie_id": np.tile(movies, len(users))})
+    every["expected_rating"] = np.float32(3.0) + (every.user_id % 3).astype(np.float32) * 0.5
+    every.to_parquet(raw / EXPECTED_RATINGS)
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    manifest["source"] = {"raw_dir": str(raw)}
+    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+    out = evaluate(tmp_path / "prepared", {}, tmp_path / "synthetic", include_slow=False, settings=ev)
+    expected = 3.0 + (users[data.test.u.to_numpy()] % 3) * 0.5
+    want = float(np.sqrt(np.mean((data.test.rating.to_numpy() - expected) ** 2)))
+    assert out["noise_floor"]["pairs"] == len(data.test)
+    assert out["noise_floor"]["rmse"] == pytest.approx(want, rel=1e-6)
+    assert f"test RMSE {want:.4f}" in (tmp_path / "synthetic" / "report.md").read_text()
+
+
 def test_baselines_past_their_limits_skip_with_one_line_naming_the_knob(tmp_path, capsys):
     from recsys.config import EvaluateConfig
     from recsys.evaluation import evaluate

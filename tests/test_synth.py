@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recsys.datasets.readers import read_movielens
-from recsys.datasets.synth import generate
+from recsys.datasets.synth import EXPECTED_RATINGS, expected_stars, generate, noise_floor_rmse
 
 
 def _digest(directory):
@@ -63,6 +63,37 @@ def test_matrix_factorisation_beats_global_mean(synth):
     rmse_mean = np.sqrt(np.mean((y[cut:] - y[:cut].mean()) ** 2))
     rmse_mf = np.sqrt(np.mean((y[cut:] - np.clip(predict(u[cut:], m[cut:]), 1, 5)) ** 2))
     assert rmse_mf < 0.85 * rmse_mean, (rmse_mf, rmse_mean)
+
+
+@pytest.mark.parametrize("fmt", ["ml-1m", "ml-latest"])
+def test_expected_stars_equal_a_simulation_of_the_rounding(fmt):
+    x = np.array([-0.5, 0.9, 1.5, 2.26, 3.55, 4.4, 4.95, 6.0])
+    rng = np.random.default_rng(0)
+    e = rng.normal(0, 0.6, size=(400_000, 1))
+    stars = np.clip(np.rint(x + e), 1, 5) if fmt == "ml-1m" else np.clip(np.rint((x + e) * 2) / 2, 0.5, 5.0)
+    np.testing.assert_allclose(expected_stars(x, 0.6, fmt), stars.mean(axis=0), atol=0.005)
+
+
+def test_noise_floor_is_unbiased_and_below_a_fitted_model(synth):
+    d, t = synth
+    r = t.ratings.sample(frac=1.0, random_state=0)
+    cut = int(0.8 * len(r))
+    test = r.iloc[cut:]
+    floor = noise_floor_rmse(d, test[["user_id", "movie_id", "rating"]])
+    import pandas as pd
+
+    expected = pd.read_parquet(d / EXPECTED_RATINGS)
+    assert len(expected) == len(t.ratings)
+    joined = test.merge(expected, on=["user_id", "movie_id"], how="left")
+    assert floor["pairs"] == len(test) and floor["missing"] == 0
+    residual = joined.rating.to_numpy() - joined.expected_rating.to_numpy()
+    assert abs(residual.mean()) < 0.02  # the expectation is unbiased
+    assert floor["rmse"] == pytest.approx(float(np.sqrt(np.mean(residual ** 2))), rel=1e-5)
+    u = r["user_id"].to_numpy() - 1; m = r["movie_id"].to_numpy() - 1; y = r["rating"].to_numpy(np.float64)
+    predict = _als((u[:cut], m[:cut], y[:cut]), 600, 800)
+    rmse_mf = np.sqrt(np.mean((y[cut:] - np.clip(predict(u[cut:], m[cut:]), 1, 5)) ** 2))
+    assert 0.4 < floor["rmse"] < rmse_mf, (floor, rmse_mf)  # noise 0.6 stars, less where clipping
+    assert noise_floor_rmse(d / "nowhere", test) is None
 
 
 def test_popularity_is_long_tailed(synth):

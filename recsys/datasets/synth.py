@@ -15,6 +15,12 @@ The hidden model (all of it seeded, so one seed gives byte-identical files):
 * rating = clip(round(3.55 + b_u + b_m + <u, m> + N(0, noise))), in 1..5 stars
   (half stars for ``ml-latest``); timestamps increase within each user.
 
+Beside the MovieLens files, ``expected_ratings.parquet`` holds each rating's expected value
+under the hidden model, ``E[stars | user, movie]`` (the noise and the rounding integrated
+out). No model can predict a rating better, in squared error, than this expectation, so its
+RMSE on a test split is the data's noise floor (:func:`noise_floor_rmse`; ``recsys
+evaluate`` reports it beside the models when the raw data carries the file).
+
 Generation runs in blocks of 1,024 users, each with its own RNG stream (so output does
 not depend on the chunk size) and is flushed to disk every ``chunk_ratings`` ratings, so
 memory stays flat however many ratings are asked for.
@@ -46,6 +52,7 @@ _COMMON = ("the", "of", "a", "night", "day", "return", "last", "story", "man", "
            "city", "love", "time", "world", "house", "road", "game", "secret", "life", "dark")
 _BLOCK_USERS = 1024
 _MU = 3.55
+EXPECTED_RATINGS = "expected_ratings.parquet"  # (user_id, movie_id, expected_rating): see the module docstring
 
 
 @dataclass
@@ -208,6 +215,51 @@ def _format_lines(cols: list[np.ndarray], sep: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def expected_stars(x: np.ndarray, noise: float, fmt: str) -> np.ndarray:
+    """``E[stars]`` for noiseless scores ``x`` [N] when stars = clip(round(x + N(0, noise))).
+
+    Stars step up by ``step`` at each threshold ``t`` (a half-way point between two star values),
+    so ``E[stars] = lowest + step * sum_t P(x + e > t) = lowest + step * sum_t Phi((x - t) / noise)``.
+    """
+    from scipy.special import ndtr
+
+    lowest, highest, step = (1.0, 5.0, 1.0) if fmt == "ml-1m" else (0.5, 5.0, 0.5)
+    thresholds = np.arange(lowest + step / 2, highest, step)
+    x = np.asarray(x, np.float64)[:, None]
+    return (lowest + step * ndtr((x - thresholds[None, :]) / noise).sum(axis=1)).astype(np.float32)
+
+
+def noise_floor_rmse(raw_dir: str | Path, pairs) -> dict | None:
+    """The noise floor on ``pairs`` (a DataFrame of raw ``user_id``, ``movie_id``, ``rating``): RMSE
+    of the hidden model's expected ratings, and how many pairs it covers; None when ``raw_dir`` holds
+    no ``expected_ratings.parquet`` (not synthetic data). Reads the file in row groups, keeping only
+    the expected values of the requested pairs (memory: the pairs plus one row group)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    path = Path(raw_dir) / EXPECTED_RATINGS
+    if not path.is_file() or not all(pd.api.types.is_integer_dtype(pairs[c]) for c in ("user_id", "movie_id")):
+        return None
+    key = pairs.user_id.to_numpy(np.int64) * (1 << 32) + pairs.movie_id.to_numpy(np.int64)
+    wanted = pd.Index(np.unique(key))
+    found_keys, found_values = [], []
+    reader = pq.ParquetFile(path)
+    for i in range(reader.num_row_groups):
+        t = reader.read_row_group(i).to_pandas()
+        k = t.user_id.to_numpy(np.int64) * (1 << 32) + t.movie_id.to_numpy(np.int64)
+        hit = wanted.get_indexer(k) >= 0
+        found_keys.append(k[hit])
+        found_values.append(t.expected_rating.to_numpy(np.float64)[hit])
+    expected = pd.Series(np.concatenate(found_values), index=np.concatenate(found_keys))
+    expected = expected[~expected.index.duplicated()]  # a pair rated twice has one expectation
+    e = expected.reindex(key).to_numpy()
+    covered = ~np.isnan(e)
+    err = pairs.rating.to_numpy(np.float64)[covered] - e[covered]
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))) if covered.any() else float("nan"),
+            "mae_of_expectation": float(np.mean(np.abs(err))) if covered.any() else float("nan"),
+            "pairs": int(covered.sum()), "missing": int((~covered).sum())}
+
+
 def generate(dest: str | Path, ratings: int, users: int, movies: int, fmt: str = "ml-1m",
              seed: int = 0, factors: int = 16, noise: float = 0.6, chunk_ratings: int = 1_000_000,
              progress: bool = True) -> SynthSummary:
@@ -234,6 +286,11 @@ def _generate_into(dest: Path, counts: np.ndarray, ratings: int, users: int, mov
     sep = "::" if fmt == "ml-1m" else ","
     rating_path = dest / ("ratings.dat" if fmt == "ml-1m" else "ratings.csv")
     rating_fh = open(rating_path, "wb")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    expected_schema = pa.schema([("user_id", pa.int64()), ("movie_id", pa.int64()), ("expected_rating", pa.float32())])
+    expected_fh = pq.ParquetWriter(dest / EXPECTED_RATINGS, expected_schema)
     user_fh = open(dest / "users.dat", "wb") if fmt == "ml-1m" else None
     if fmt == "ml-latest":
         rating_fh.write(b"userId,movieId,rating,timestamp\n")
@@ -254,9 +311,10 @@ def _generate_into(dest: Path, counts: np.ndarray, ratings: int, users: int, mov
             uvec = (pref @ world.genre_vec * 0.55).astype(np.float32)
             ubias = rng.normal(0, 0.3, size=n).astype(np.float32)
             uidx, midx = _sample_movies(rng, world, counts[block_start:block_end])
-            score = (_MU + ubias[uidx] + world.movie_bias[midx]
-                     + np.einsum("ij,ij->i", uvec[uidx], world.movie_vec[midx])
-                     + rng.normal(0, noise, size=len(uidx)).astype(np.float32))
+            # the same sums in the same order as with the noise inline, so a seed's files stay byte-identical
+            noiseless = (_MU + ubias[uidx] + world.movie_bias[midx]
+                         + np.einsum("ij,ij->i", uvec[uidx], world.movie_vec[midx]))
+            score = noiseless + rng.normal(0, noise, size=len(uidx)).astype(np.float32)
             if fmt == "ml-1m":
                 stars = np.clip(np.rint(score), 1, 5).astype(np.int64)
             else:
@@ -271,6 +329,10 @@ def _generate_into(dest: Path, counts: np.ndarray, ratings: int, users: int, mov
             ts = start[uidx] + csum - offset[uidx]
             buffer.append(_format_lines([uidx + block_start + 1, midx + 1, stars, ts], sep))
             buffered += len(uidx)
+            # one row group per block of users, so the file does not depend on chunk_ratings either
+            expected_fh.write_table(pa.table(
+                [pa.array(uidx + block_start + 1, pa.int64()), pa.array(midx + 1, pa.int64()),
+                 pa.array(expected_stars(noiseless, noise, fmt))], schema=expected_schema))
             if user_fh is not None:
                 zips = rng.integers(10000, 99999, size=n)
                 lines = "".join(
@@ -291,6 +353,7 @@ def _generate_into(dest: Path, counts: np.ndarray, ratings: int, users: int, mov
                     last_report = now
     finally:
         rating_fh.close()
+        expected_fh.close()
         if user_fh is not None:
             user_fh.close()
     (dest / "SYNTH.json").write_text(json.dumps({
