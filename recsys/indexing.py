@@ -5,9 +5,10 @@ Serving and evaluation both rank through it (recsys/serving.py builds three: mov
 rank vectors, users by their score vectors, movies by normalised similarity vectors).
 
 Up to ``flat_max`` vectors an exact ``IndexFlatIP`` is used. Above it, the configured
-``index_factory`` string (HNSW or IVF) is built and its search parameter (``efSearch`` or
-``nprobe``) raised step by step until recall@k against exact search on a sample of real
-queries reaches ``target_recall``; the value and the recall reached are recorded.
+``index_factory`` string (any that FAISS builds: HNSW, IVF, SQ, PQ, ...) is built; when it has a
+search parameter (``efSearch`` for HNSW, ``nprobe`` for IVF) that is raised step by step until
+recall@k against exact search on a sample of real queries reaches ``target_recall``. The value
+and the recall reached are recorded, and a recall below the target is said in one line.
 """
 
 from __future__ import annotations
@@ -106,19 +107,43 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
     exact.add(vectors)
     truth = exact.search(q, kk)[1]
     del exact
-    name, grid = ("efSearch", _EF) if "HNSW" in factory else ("nprobe", _NPROBE)
+    name, grid = _search_parameter(index)
     best = None
     for value in grid:
-        if name == "nprobe" and value > getattr(faiss.extract_index_ivf(index), "nlist", value):
-            break
         set_search_param(index, name, value)
         _, found = index.search(q, kk)
         rec = recall_at_k(found, truth)
         best = (value, rec)
         if rec >= target_recall:
             break
-    set_search_param(index, name, best[0])
-    return BuiltIndex(index, factory, {name: best[0]}, best[1], build_seconds)
+    if name is None:  # nothing to tune (a flat scan of compressed codes: SQ, PQ, ...)
+        best = (None, recall_at_k(index.search(q, kk)[1], truth))
+    else:
+        set_search_param(index, name, best[0])
+    if best[1] < target_recall:
+        import sys
+
+        print(f"[index] {factory}: recall@{kk} {best[1]:.3f} is below index.target_recall {target_recall:g}"
+              + (f" at the largest {name} tried ({best[0]})" if name else " (it has no search parameter to raise)")
+              + "; a larger index or a higher index.flat_max gives exact results", file=sys.stderr, flush=True)
+    return BuiltIndex(index, factory, {name: best[0]} if name else {}, best[1], build_seconds)
+
+
+def _search_parameter(index) -> tuple[str | None, tuple[int, ...]]:
+    """The search parameter of ``index`` worth tuning and its grid: ``efSearch`` (HNSW), ``nprobe``
+    (IVF: up to its number of lists), or (None, ()) when it has neither."""
+    import faiss
+
+    for name, grid in (("efSearch", _EF), ("nprobe", _NPROBE)):
+        try:
+            set_search_param(index, name, grid[0])
+        except RuntimeError:  # FAISS: the index has no such parameter
+            continue
+        if name == "nprobe":
+            nlist = faiss.extract_index_ivf(index).nlist
+            grid = tuple(v for v in grid if v <= nlist) or (nlist,)
+        return name, grid
+    return None, ()
 
 
 def _check_trainable(index, factory: str, n: int, flat_max: int) -> None:
