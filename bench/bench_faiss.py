@@ -97,10 +97,11 @@ def main() -> None:
     from recsys.config import load_config
 
     cfg = load_config(args.config)
-    retrieval = cfg.model.retrieval_weight > 0
-    # the rating network's served movie vectors (recsys.models.rating_network.movie_vectors "rank")
-    dim = cfg.model.output_dim + (cfg.model.retrieval_dim + 1 if retrieval else 2)
-    form = "[m, m_r, T c_m]" if retrieval else "[m, 1, b_m]"
+    from recsys.models import model_class
+
+    # the configured model's served movie vectors: their width from the contract (RecModel.vector_widths)
+    dim = model_class(cfg.model.kind).vector_widths(cfg.model)["rank"]
+    form = f"{cfg.model.kind} rank vectors"
     factories = args.factory or [cfg.index.approximate]
 
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores, faiss {faiss.__version__}, "

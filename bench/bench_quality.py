@@ -67,7 +67,7 @@ def seeds_run(cfg, config: str, seeds: list[int], ranks: int, fast: bool) -> dic
         ev = cfg.evaluate
         ev.seed = seed
         served = served_directory(model_dir, cfg, scratch / f"served-seed{seed}")  # exported and indexed as served
-        metrics = evaluate(cfg.paths.prepared, {"rating network (ours)": served}, scratch / f"report-seed{seed}",
+        metrics = evaluate(cfg.paths.prepared, {None: served},  # labelled by the model's kind scratch / f"report-seed{seed}",
                            include_slow=not fast, settings=ev)
         per_seed[seed] = {label: {name: r.get(section, {}).get(key) for name, section, key in HEADLINE}
                           | {"kind": r.get("kind")}
