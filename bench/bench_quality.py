@@ -54,7 +54,7 @@ def train(config: str, model_dir: Path, seed: int, ranks: int, extra: list[str])
     return time.time() - t0
 
 
-def seeds_run(cfg, config: str, seeds: list[int], ranks: int, fast: bool) -> dict:
+def seeds_run(cfg, config: str, seeds: list[int], ranks: int, fast: bool, overrides: list[str] = ()) -> dict:
     from recsys.evaluation import evaluate, served_directory
 
     scratch = Path(cfg.paths.report + "-seeds")
@@ -62,12 +62,13 @@ def seeds_run(cfg, config: str, seeds: list[int], ranks: int, fast: bool) -> dic
     per_seed: dict[int, dict] = {}
     for seed in seeds:
         model_dir = Path(cfg.paths.model + f"-seed{seed}")
-        secs = train(config, model_dir, seed, ranks, [])
+        secs = train(config, model_dir, seed, ranks, list(overrides))
         print(f"[bench] seed {seed}: trained on {ranks} rank(s) in {secs:.0f}s", file=sys.stderr, flush=True)
         ev = cfg.evaluate
         ev.seed = seed
         served = served_directory(model_dir, cfg, scratch / f"served-seed{seed}")  # exported and indexed as served
-        metrics = evaluate(cfg.paths.prepared, {None: served},  # labelled by the model's kind scratch / f"report-seed{seed}",
+        # the served model is labelled by its kind
+        metrics = evaluate(cfg.paths.prepared, {None: served}, scratch / f"report-seed{seed}",
                            include_slow=not fast, settings=ev)
         per_seed[seed] = {label: {name: r.get(section, {}).get(key) for name, section, key in HEADLINE}
                           | {"kind": r.get("kind")}
@@ -113,13 +114,15 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--seeds", default="", help="comma-separated training seeds (at least 3 for a spread), e.g. 1,2,3")
     ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for training and evaluation (repeatable), e.g. model.validation_metric=mix")
     ap.add_argument("--fast", action="store_true", help="skip the slow baselines (Surprise SVD++, Spark ALS)")
     ap.add_argument("--repro-epochs", type=int, default=0, help="> 0: check that a fixed-seed one-rank run repeats")
     args = ap.parse_args()
 
     from recsys.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     if not (Path(cfg.paths.prepared) / "manifest.json").is_file():
         sys.exit(f"error: no prepared data in {cfg.paths.prepared}: run spark-submit jobs/prepare.py --config {args.config}")
     ok = True
@@ -130,8 +133,8 @@ def main() -> None:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             sys.exit(f"error: --seeds {args.seeds!r}: expected comma-separated integers, e.g. 1,2,3")
-        res = seeds_run(cfg, args.config, seeds, args.ranks, args.fast)
-        print(f"\n{args.config}: {len(seeds)} training seeds {seeds}, {args.ranks} rank(s); mean ± std (sample)\n")
+        res = seeds_run(cfg, args.config, seeds, args.ranks, args.fast, args.overrides)
+        print(f"\n{args.config} {' '.join(args.overrides)}: {len(seeds)} training seeds {seeds}, {args.ranks} rank(s); mean ± std (sample)\n")
         print("| recommender | kind | " + " | ".join(n for n, _, _ in HEADLINE) + " |")
         print("|---|---|" + "---:|" * len(HEADLINE))
         for label, row in res["summary"].items():
