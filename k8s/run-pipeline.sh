@@ -48,7 +48,7 @@ PYTHON=$(command -v python3 || true)
 "$PYTHON" -c 'import yaml' 2>/dev/null || die "python3 with PyYAML is required to read the rendered manifests (pip install pyyaml)"
 
 RENDERED=$(mktemp --suffix=.yaml); trap 'rm -f "$RENDERED"' EXIT
-kubectl kustomize --load-restrictor LoadRestrictionsNone "k8s/overlays/$OVERLAY" > "$RENDERED" \
+kubectl kustomize "k8s/overlays/$OVERLAY" > "$RENDERED" \
   || die "kustomize could not render k8s/overlays/$OVERLAY"
 NAMESPACE=$("$PYTHON" -c 'import sys, yaml; print(next((d["metadata"].get("namespace") for d in yaml.safe_load_all(open(sys.argv[1])) if d), None) or "default")' "$RENDERED")
 

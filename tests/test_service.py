@@ -392,8 +392,8 @@ def _chrome():
     binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
     if not binary or not driver:
-        pytest.skip("no chromium/chromedriver: run `make setup` as root (scripts/setup_env.sh installs Debian's "
-                    "chromium and chromium-driver) or apt-get install -y chromium chromium-driver")
+        pytest.skip("no chromium/chromedriver: `make test` run as root installs Debian's chromium and "
+                    "chromium-driver (scripts/run_tests.sh), or apt-get install -y chromium chromium-driver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
