@@ -2,7 +2,10 @@
 
 A model (:class:`RecModel`) declares the features it reads, builds its layers from the
 manifest's vocabulary sizes, computes its own named losses (the trainer only sums them,
-averages gradients and steps), names its validation metric, and says how it scores:
+averages gradients and steps), names its validation metric, and says how it scores, in one
+of two forms (the class attribute ``factorised``):
+
+**Factorised** (``factorised = True``: the rating network, BPR-MF):
 
 * ``user_vectors(x)`` -> ``{"score": [B, S], "rank": [B, R]}`` and
   ``movie_vectors(x)`` -> ``{"score": [B, S], "rank": [B, R], "similarity": [B, E]}``;
@@ -12,8 +15,22 @@ averages gradients and steps), names its validation metric, and says how it scor
   themselves), so an inner-product index over the movies' rank vectors serves them exactly;
 * movie-to-movie similarity is the cosine of the ``similarity`` vectors.
 
+**Scored by pairs** (``factorised = False``: NeuMF):
+
+* ``pair_scores(x)`` -> [B] float32: the score of each (user, movie) pair of a batch ``x``
+  holding both the user and the movie features; ``score()`` is this pair score, and top-k
+  lists order movies by it;
+* ``user_vectors`` / ``movie_vectors`` still give factorised vectors of the same names, but
+  ``<user rank, movie rank>`` is only a candidate retriever (``score`` equals ``rank`` for
+  such a model: neither is its score), and ``similarity`` still gives movie-to-movie cosine;
+* it is served and evaluated by re-ranking (recsys/reranking.py): the candidates are the
+  whole catalog in blocks when it has at most ``index.rerank_full_scan_max`` movies, else the
+  retriever index's top ``index.rerank_candidates``; the list is ordered by the pair score,
+  which is the score returned with it.
+
 Nothing outside ``recsys/models/`` knows a formula: export writes these vectors, the index
-holds them, serving and evaluation rank through the index.
+holds them, serving and evaluation rank through the index (and, for a model scored by
+pairs, through ``pair_scores``), branching only on ``factorised``.
 
 The artifact (:class:`ModelArtifact`) is one directory: ``model.json`` (kind, model config,
 feature spec and settings, training statistics, validation metric, sha256 of every file),
@@ -60,6 +77,9 @@ class RecModel(keras.Model):
     kind = "?"  # the registry name (model.kind)
     label = "?"  # the name reports use
     rates = False  # True: score() is a predicted rating (validation RMSE, rating metrics)
+    # True: score = offset + <user score, movie score> (an inner-product index serves it exactly);
+    # False: the model scores (user, movie) pairs (pair_scores) and is served by re-ranking candidates
+    factorised = True
     default_validation_metric = NDCG
     # model config keys (relative to ``model.``) that decide the variables: --resume refuses a change
     # of one of them; any other model key (a loss weight, a throughput knob) goes on and is logged
@@ -73,6 +93,11 @@ class RecModel(keras.Model):
     # set by the trainer under train.xla: the forward pass is XLA-compiled, so a model must not give
     # its tensors data-dependent shapes there (e.g. one row per unique id of the batch)
     static_shapes = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.factorised and cls.pair_scores is RecModel.pair_scores:
+            raise TypeError(f"{cls.__name__} is not factorised (factorised = False) but does not implement pair_scores")
 
     def __init__(self, spec: dict, stats: dict, cfg):
         super().__init__(name=f"{self.kind}_model")
@@ -116,11 +141,18 @@ class RecModel(keras.Model):
 
     # ------------------------------------------------------------------ derived, the same for every model
 
-    def score(self, x: dict, training: bool = False) -> tf.Tensor:
-        """[B] score of each (user, movie) pair of the batch: ``offset + <user score, movie score>``."""
+    def pair_scores(self, x: dict, training: bool = False) -> tf.Tensor:
+        """[B] float32 score of each (user, movie) pair of a batch ``x`` holding the user and the movie
+        features. A factorised model's is ``offset + <user score, movie score>``; a model that is not
+        factorised overrides it with its own scorer."""
         su = self.user_vectors(x, training)["score"]
         sm = self.movie_vectors(x, training)["score"]
         return self.score_offset + tf.reduce_sum(su * sm, axis=-1)
+
+    def score(self, x: dict, training: bool = False) -> tf.Tensor:
+        """[B] score of each (user, movie) pair of the batch: the pair score (for a factorised model
+        ``offset + <user score, movie score>``); the predicted rating of a rating model."""
+        return self.pair_scores(x, training)
 
     def call(self, x, training=False):
         return self.score(x, training)
@@ -301,6 +333,13 @@ class ModelArtifact:
         """Float32 arrays ``score`` [N, S], ``rank`` [N, R], ``similarity`` [N, E] for encoded movies."""
         x = {k: tf.constant(encoded[k], tf.int64) for k in self.model.movie_features}
         return {k: v.numpy().astype(np.float32) for k, v in self.model.movie_vectors(x).items()}
+
+    def pair_scores(self, users: dict[str, np.ndarray], movies: dict[str, np.ndarray]) -> np.ndarray:
+        """Float32 [N]: the model's score of each pair, from parallel encoded user and movie features
+        (arrays of N rows each; the caller bounds N)."""
+        x = {k: tf.constant(users[k], tf.int64) for k in self.model.user_features}
+        x.update({k: tf.constant(movies[k], tf.int64) for k in self.model.movie_features})
+        return self.model.pair_scores(x).numpy().astype(np.float32)
 
     def encoder(self):
         """The prepare-time feature encoder (vocabularies and settings travel in the artifact)."""
