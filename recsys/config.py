@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from recsys.errors import ConfigError
+from recsys.models import REGISTRY as MODEL_REGISTRY  # the registry alone: no model module is imported
 
 # ---------------------------------------------------------------------------- sections
 
@@ -198,11 +199,23 @@ class BPRConfig:
 
 
 @dataclass
+class NeuMFConfig:
+    """NeuMF (``model.kind: neumf``, He et al., WWW 2017): GMF and an MLP over id embeddings fused
+    by a final dense layer, trained with log loss on positives and sampled negatives."""
+
+    factors: int = 32  # width of the GMF user / movie embeddings and of each MLP input embedding
+    mlp_layers: list[int] = field(default_factory=lambda: [64, 32, 16])  # ReLU layers over [p_u, q_m]
+    negatives: int = 4  # uniformly sampled negative movies per positive (loss linear in the batch)
+    l2: float = 1e-5  # per-example L2 on the embedding rows a batch looks up
+    positive_min_rating: float = 0.0  # ratings at or above this are positives (0: every rating)
+
+
+@dataclass
 class ModelConfig:
     """Which model (``kind``) and its knobs. The rating network's knobs are the block's own keys;
-    every other model has its own sub-block named after its kind (``model.bpr``)."""
+    every other model has its own sub-block named after its kind (``model.bpr``, ``model.neumf``)."""
 
-    kind: str = field(default="rating", metadata=_choices("rating", "bpr"))
+    kind: str = field(default="rating", metadata=_choices(*MODEL_REGISTRY))  # recsys.models.REGISTRY
     # Model selection (early stopping, best weights): "auto" is the model's own metric (rmse for
     # rating models, ndcg@10 for ranking models); "mix" minimises rmse - validation_ndcg_weight * ndcg@10.
     validation_metric: str = field(default="auto", metadata=_choices("auto", "rmse", "ndcg@10", "mix"))
@@ -224,6 +237,7 @@ class ModelConfig:
     retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
     unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
+    neumf: NeuMFConfig = field(default_factory=NeuMFConfig)
 
 
 @dataclass
@@ -261,6 +275,11 @@ class IndexConfig:
     recall_k: int = 10
     recall_sample: int = 1000  # queries sampled for tuning and for the recorded recall
     seed: int = 0
+    # models scored by pairs (not factorised, e.g. NeuMF; recsys/reranking.py): every movie is scored
+    # up to this catalog size (a full scan), above it the retriever index's top rerank_candidates
+    rerank_full_scan_max: int = 20_000
+    rerank_candidates: int = 200
+    rerank_block_pairs: int = 65_536  # (user, movie) pairs scored per model call: bounds memory
 
 
 @dataclass
@@ -559,6 +578,14 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.train.learning_rate > 0, "train.learning_rate", "must be positive"),
         (cfg.model.bpr.factors >= 1 and cfg.model.bpr.negatives >= 1, "model.bpr", "factors and negatives must be at least 1"),
         (cfg.model.bpr.l2 >= 0, "model.bpr.l2", "must be 0 or more"),
+        (cfg.model.neumf.factors >= 1 and cfg.model.neumf.negatives >= 1, "model.neumf",
+         "factors and negatives must be at least 1"),
+        (len(cfg.model.neumf.mlp_layers) > 0 and min(cfg.model.neumf.mlp_layers, default=0) >= 1,
+         "model.neumf.mlp_layers", "must be a non-empty list of widths >= 1"),
+        (cfg.model.neumf.l2 >= 0, "model.neumf.l2", "must be 0 or more"),
+        (cfg.index.rerank_full_scan_max >= 0, "index.rerank_full_scan_max", "must be 0 (never) or positive"),
+        (cfg.index.rerank_candidates >= 1 and cfg.index.rerank_block_pairs >= 1, "index",
+         "rerank_candidates and rerank_block_pairs must be at least 1"),
         (cfg.train.validation_users >= 1, "train.validation_users", "must be at least 1"),
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
         (cfg.model.retrieval_group_size >= 1, "model.retrieval_group_size", "must be at least 1 (examples per group)"),

@@ -3,8 +3,9 @@
 Every model implements :class:`recsys.models.contract.RecModel` (the contract) in its own
 module; training, export, indexing, serving and evaluation only ever talk to the contract.
 Adding a model is one module here, one line in :data:`REGISTRY` and one config block
-(``model.<kind>`` in conf/default.yaml, typed in recsys/config.py). Nothing heavy is
-imported until a model is built.
+(``model.<kind>`` in conf/default.yaml, typed in recsys/config.py); ``model.kind``'s
+allowed values are this registry's keys. Nothing heavy is imported until a model is built
+(recsys.config imports this module for the registry alone).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from recsys.errors import ArtifactError
 REGISTRY = {
     "rating": ("recsys.models.rating_network", "RatingNetwork"),
     "bpr": ("recsys.models.bpr", "BPRMF"),
+    "neumf": ("recsys.models.neumf", "NeuMF"),
 }
 
 
