@@ -18,9 +18,11 @@ Protocol (the same for every recommender):
 Every recommender implements :class:`Recommender` below: ``predict`` (rating for pairs) and
 ``scores`` (a score for every catalog movie, for a block of users); ``top_k`` ranks from
 ``scores`` unless a recommender ranks another way. The trained models are evaluated from
-their serving directory (:class:`ServedModel`): their top-k lists come from the same index
-search that ``recsys.serving.Recommender`` serves, so an approximate index's recall shows in
-the reported figures. Rating-prediction baselines (ranked by predicted rating): global mean,
+their serving directory (:class:`ServedModel`): their top-k lists come from the same ranking
+path that ``recsys.serving.Recommender`` serves (the index search for a factorised model; for
+a model scored by pairs, candidates re-ranked by its pair score: every movie, or the
+retriever's top ``index.rerank_candidates``), so an approximate index's recall shows in the
+reported figures, and the report says how each model's lists were ranked. Rating-prediction baselines (ranked by predicted rating): global mean,
 user+item bias, user-based and item-based KNN on ratings (cosine, k neighbours), Surprise SVD
 and SVD++, Spark MLlib ALS (explicit). Top-k baselines, tuned on the validation split
 (recsys/topk_baselines.py): popularity, EASE, ItemKNN on implicit feedback, Spark MLlib ALS
@@ -383,8 +385,10 @@ class SparkALS(Recommender):
 class ServedModel(Recommender):
     """A trained model as served: its serving directory (index + vectors + model artifact).
 
-    Ratings (rating models only) are the served ``predict``; top-k lists are the served index
-    search with the same exclusions. Any model kind: the contract's vectors, no formula here.
+    Ratings (rating models only) are the served ``predict``; top-k lists are the served ranking
+    (``Recommender.top_k_rows``: the index search, or re-ranking by the pair score for a model that
+    is not factorised) with the same exclusions; ``ranked_by`` says which. Any model kind: the
+    contract's vectors and pair score, no formula here.
     """
 
     kind = "model"  # ours, as served
@@ -399,6 +403,7 @@ class ServedModel(Recommender):
         rec = Served.load(self.index_dir, prepared=self.prepared)
         self.served = rec
         self.rates = rec.rates
+        self.ranked_by = rec.ranked_by
         self.label = self.label or f"{rec.info.get('label', rec.info['kind'])} (ours)"
         # evaluation rows -> served rows (the same ids; -1 for an id the served model lacks)
         urow = pd.Series(np.arange(len(rec.users)), index=rec.users.user_id)
@@ -420,7 +425,7 @@ class ServedModel(Recommender):
         return self.served.pair_scores(self.u_map[u], self.m_map[m])
 
     def scores(self, users):
-        return self.served._ur[self.u_map[users]] @ self.served._mr[self.m_map].T
+        return self.served.ranking_scores(self.u_map[users])[:, self.m_map]
 
     def top_k(self, users, k, seen):
         seen = seen.tocsr()
@@ -664,6 +669,8 @@ def evaluate_recommender(rec: Recommender, data: Data, ev) -> dict:
     row: dict = {"kind": rec.kind, "fit_seconds": round(fit_s, 2)}
     if getattr(rec, "tuning", None):
         row["tuning"] = rec.tuning
+    if getattr(rec, "ranked_by", None):  # a served model: how its lists were ranked
+        row["ranked_by"] = rec.ranked_by
     if rec.rates:
         row["test"] = rating_metrics(rec, data.test, data.rating_min, data.rating_max, ev.block_memory_gb)
         for name, df in data.cold.items():
@@ -787,6 +794,9 @@ def _write_report(out: Path, results: dict, data: Data, recs: list[Recommender],
                      for m in models]
             lines.append(f"| {name.replace('liked', f'>={liked:g}')} | {e['baseline']} | {_fmt(e['value'])} | "
                          + " | ".join(cells) + " |")
+    ranked_by = [f"{label}: {r['ranked_by']}" for label, r in results.items() if r.get("ranked_by")]
+    if ranked_by:
+        lines += ["", "Top-k lists of the served models: " + "; ".join(ranked_by) + "."]
     tuned = [(label, r["tuning"]) for label, r in results.items() if r.get("tuning")]
     if tuned:
         lines += ["", "Tuning (each on the validation split, budget = fits): " + "; ".join(

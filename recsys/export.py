@@ -6,7 +6,11 @@
 
 The vectors are the model contract's (recsys/models/contract.py): ``score(user, movie) =
 offset + <user score, movie score>``, top-k by ``<user rank, movie rank>``, similarity by
-the cosine of ``similarity``. Export knows no model's formula.
+the cosine of ``similarity``. For a model scored by pairs (``factorised`` false in
+vectors.json, e.g. NeuMF) the rank vectors are its candidate retriever and its score is the
+model's pair score (served by re-ranking, recsys/reranking.py); vectors.json names the
+features the model reads (``user_features``, ``movie_features``) so the index can carry them.
+Export knows no model's formula.
 
 Every user and movie of the prepared tables is exported, including those never seen in
 training (their id maps to the OOV row, so their vector comes from attributes alone: the
@@ -30,6 +34,10 @@ from recsys.errors import ArtifactError  # noqa: E402
 from recsys.features import ENC, encoded_columns  # noqa: E402
 from recsys.outputs import replacing  # noqa: E402
 
+FACTORISED_FORM = ("score(user, movie) = score_offset + <user score, movie score> (the predicted rating when "
+                   "rates); top-k by <user rank, movie rank>; movie similarity: cosine of similarity")
+PAIR_FORM = ("score(user, movie) = the model's pair score (not factorised); top-k re-ranks candidates by it "
+             "(every movie, or the top of <user rank, movie rank>); movie similarity: cosine of similarity")
 
 
 def _log(msg: str) -> None:
@@ -88,8 +96,9 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
             "manifest_sha256": manifest_sha, "score_offset": trained.model.score_offset,
             "users": n_users, "movies": n_movies,
             "files": {name: sha256_file(tmp / name) for name in ("users.parquet", "movies.parquet")},
-            "form": "score(user, movie) = score_offset + <user score, movie score> (the predicted rating when "
-                    "rates); top-k by <user rank, movie rank>; movie similarity: cosine of similarity",
+            "factorised": trained.model.factorised,
+            "user_features": trained.tower_names("user"), "movie_features": trained.tower_names("movie"),
+            "form": (FACTORISED_FORM if trained.model.factorised else PAIR_FORM),
         }
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
     _log(f"{n_users:,} user and {n_movies:,} movie vectors of the {trained.kind} model {trained.version} -> {out}")

@@ -27,7 +27,8 @@ start has no model; never a 500 for a user mistake.
 Movie lists are in the index's ranking order (``rank`` 1 first). ``predicted_rating`` is the
 model's rating prediction clipped to the rating scale; ``raw_prediction`` is the unclipped
 ``score_offset + <user score, movie score>`` (it may fall outside the scale). For a model that
-does not predict ratings (BPR-MF) both are its score, unclipped. Similar-movie lists give the
+does not predict ratings (BPR-MF, NeuMF) both are its score, unclipped (NeuMF's: its pair score,
+the lists re-ranked by it). Similar-movie lists give the
 ``similarity`` (cosine) instead.
 
 Hot swap: every worker holds one loaded index; a new one (a rebuilt index directory, a new

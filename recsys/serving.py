@@ -8,17 +8,25 @@
     users_ip.faiss      users' score vectors, inner product (query: a movie's score vector): who likes
     movies_cos.faiss    movies' similarity vectors / norm, inner product = cosine
     movies.parquet      movie_id, title, genres, year, score, rank, similarity  (row i = FAISS id i)
-    users.parquet       user_id, gender, age, occupation, zip, score, rank
+                        (+ enc_<feature> for each feature a model scored by pairs reads)
+    users.parquet       user_id, gender, age, occupation, zip, score, rank  (+ enc_<feature> likewise)
     seen.parquet        user_id, movie_id of the ratings the model trained on (train + validation)
     model/              the model artifact (weights, config, feature spec, vocabularies): new users
                         and movies are encoded and scored from it, so the directory moves as one
 
-The vectors are the model contract's (recsys/models/contract.py): ``score = offset + <user
-score, movie score>`` (the predicted rating for a rating model), top-k by ``<user rank, movie
-rank>``. Nothing here knows a model's formula. :class:`Recommender` loads the directory
-(checking every checksum and the model version) and answers with plain Python objects: lists
-of dicts, or a pandas DataFrame with ``as_frame=True``. Reads are safe from many threads:
-FAISS searches are read-only, and the model (used only for new users and movies) runs under a lock.
+The vectors are the model contract's (recsys/models/contract.py). A factorised model:
+``score = offset + <user score, movie score>`` (the predicted rating for a rating model), top-k
+by ``<user rank, movie rank>`` through the index. A model scored by pairs (``factorised`` false
+in index.json, e.g. NeuMF): every list is re-ranked by the model's pair score
+(recsys/reranking.py: all movies in blocks up to ``index.rerank_full_scan_max``, else the index's
+top ``index.rerank_candidates``), and that score is returned; index.json records the plan
+(``reranking``) and says in words how lists are ranked (``ranked_by``). Nothing here knows a
+model's formula: :meth:`Recommender._rank` is the one path every list takes, and
+``recsys evaluate`` ranks through it too. :class:`Recommender` loads the directory (checking
+every checksum and the model version) and answers with plain Python objects: lists of dicts,
+or a pandas DataFrame with ``as_frame=True``. Reads are safe from many threads: FAISS searches
+are read-only, and the model (for new users and movies, and a model scored by pairs) runs
+under a lock.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +43,10 @@ import pandas as pd
 from recsys.errors import ArtifactError, RecsysError
 from recsys.checksums import json_digest
 from recsys.export import check_same_data, load_vectors, sha256_file
+from recsys.features import ENC, encoded_columns
 from recsys.indexing import VectorIndex, normalize
 from recsys.outputs import replacing
+from recsys.reranking import RerankPlan, top_k_by_pairs
 
 INDEX_JSON = "index.json"
 MODEL_SUBDIR = "model"
@@ -77,6 +88,10 @@ def build_serving_dir(cfg) -> dict:
                     f"the prepared data changed after the export; export again from {prepared}")
     out = Path(cfg.paths.index)
     movies_v, users_v = vec["movies"], vec["users"]
+    factorised = bool(info.get("factorised", True))
+    # a model scored by pairs reads its features of every known user and movie when it ranks
+    movie_enc = [] if factorised else [ENC + name for name in info["movie_features"]]
+    user_enc = [] if factorised else [ENC + name for name in info["user_features"]]
     with replacing(out, "index", "paths.index", signature=(INDEX_JSON,)) as tmp:
         built = {  # name: (index, indexed vectors, query vectors)
             "movies_ip": (VectorIndex.build(movies_v["rank"], users_v["rank"], cfg.index), "movie rank", "user rank"),
@@ -86,12 +101,14 @@ def build_serving_dir(cfg) -> dict:
         }
         for name, (index, *_rest) in built.items():
             index.save(tmp / f"{name}.faiss")
-        movies = pd.read_parquet(prepared / "movies.parquet", columns=["movie_id", "title", "genres", "year"])
+        movies = pd.read_parquet(prepared / "movies.parquet",
+                                 columns=["movie_id", "title", "genres", "year"] + movie_enc)
         movies = movies.set_index("movie_id").loc[movies_v["ids"]].reset_index()
         for name in ("score", "rank", "similarity"):
             movies[name] = list(movies_v[name])
         movies.to_parquet(tmp / "movies.parquet", index=False)
-        users = pd.read_parquet(prepared / "users.parquet", columns=["user_id", "gender", "age", "occupation", "zip"])
+        users = pd.read_parquet(prepared / "users.parquet",
+                                columns=["user_id", "gender", "age", "occupation", "zip"] + user_enc)
         users = users.set_index("user_id").loc[users_v["ids"]].reset_index()
         for name in ("score", "rank"):
             users[name] = list(users_v[name])
@@ -111,14 +128,30 @@ def build_serving_dir(cfg) -> dict:
             "indexes": {name: {"file": f"{name}.faiss", "vectors": form, "query": query, **index.describe()}
                         for name, (index, form, query) in built.items()},
             "files": {name: sha256_file(tmp / name) for name in files},
+            "factorised": factorised,
         }
+        if not factorised:
+            index_info.update({
+                "user_features": info["user_features"], "movie_features": info["movie_features"],
+                "reranking": {"movies": RerankPlan.choose(len(movies), cfg.index, "movies").to_json(),
+                              "users": RerankPlan.choose(len(users), cfg.index, "users").to_json()}})
+        index_info["ranked_by"] = ranked_by(index_info)
         index_info["sha256"] = json_digest(index_info)
         (tmp / INDEX_JSON).write_text(json.dumps(index_info, indent=2))
     for name, entry in index_info["indexes"].items():
         _log(f"{name}: {entry['count']:,} x {entry['vectors']} ({entry['dimension']}) {entry['type']} "
              f"{entry['search_params'] or ''} recall@{cfg.index.recall_k} {entry['recall_at_k']:.3f}")
-    _log(f"wrote {out} ({info['kind']} model {info['model_version']})")
+    _log(f"wrote {out} ({info['kind']} model {info['model_version']}); top-k: {index_info['ranked_by']}")
     return index_info
+
+
+def ranked_by(info: dict) -> str:
+    """How the movie lists of an index (its index.json ``info``) are ranked, in words."""
+    entry = info["indexes"]["movies_ip"]
+    retriever = f"the retriever index movies_ip ({entry['type']}, measured recall {entry['recall_at_k']:.3f})"
+    if info.get("factorised", True):
+        return f"inner product of rank vectors through {retriever}"
+    return RerankPlan.from_json(info["reranking"]["movies"]).describe(retriever)
 
 
 def _check_model(model_dir: Path, info: dict, info_path: Path) -> None:
@@ -145,6 +178,23 @@ def _matrix(column: pd.Series) -> np.ndarray:
     return np.stack(column.to_numpy()).astype(np.float32)
 
 
+@dataclass
+class _Query:
+    """Whom lists are for, one entry per query: a user, a new user's profile or a group of fans (lists
+    of movies), or a movie (lists of users).
+
+    ``rank`` [Q, R]: the retriever's query vectors; ``score`` [Q, S]: score vectors (a factorised
+    model's score of a row is ``offset + <score, row's score vector>``); ``table``: encoded features
+    (name -> [N, ...]) that ``members`` index; ``members``: per query, the rows of ``table`` it stands
+    for (a group's pair score is its members' mean). ``table`` and ``members`` serve a model scored
+    by pairs."""
+
+    rank: np.ndarray
+    score: np.ndarray
+    table: dict | None
+    members: list
+
+
 class Recommender:
     """Recommendations from a serving directory (see module docstring).
 
@@ -159,6 +209,11 @@ class Recommender:
         self.info = info
         self.offset = float(info["score_offset"])
         self.rates = bool(info["rates"])
+        # the contract's scoring form: False ranks by the model's pair score (recsys/reranking.py)
+        self.factorised = bool(info.get("factorised", True))
+        self._plans = {noun: RerankPlan.from_json(e) for noun, e in info.get("reranking", {}).items()}
+        self._user_enc = None if self.factorised else encoded_columns(users, info["user_features"])
+        self._movie_enc = None if self.factorised else encoded_columns(movies, info["movie_features"])
         self._idx = indexes
         self.movies = movies
         self.users = users
@@ -274,21 +329,92 @@ class Recommender:
                for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _search_movies(self, rank_query: np.ndarray, score_query: np.ndarray, k: int,
-                       exclude_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top k movie rows for a user's rank vector through the index, skipping ``exclude_rows``,
-        with their score ``offset + <user score, movie score>``."""
-        _, rows = self._idx["movies_ip"].search_excluding(rank_query[None, :], k, [exclude_rows])
-        return rows[0], self.offset + self._ms[rows[0]] @ score_query
+    @property
+    def ranked_by(self) -> str:
+        """How movie lists are ranked, in words (index.json's ``ranked_by``)."""
+        return self.info.get("ranked_by") or ranked_by(self.info)
+
+    def _user_query(self, user_rows) -> _Query:
+        rows = np.asarray(user_rows, np.int64)
+        return _Query(self._ur[rows], self._us[rows], self._user_enc, [rows[i:i + 1] for i in range(len(rows))])
+
+    def _movie_query(self, movie_rows) -> _Query:
+        rows = np.asarray(movie_rows, np.int64)
+        return _Query(self._ms[rows], self._ms[rows], self._movie_enc, [rows[i:i + 1] for i in range(len(rows))])
+
+    def _rank(self, noun: str, query: _Query, k: int, exclude_rows: list) -> tuple[list, list]:
+        """Per query, the top ``k`` rows of ``noun`` (``movies``: a list for a user; ``users``: for a
+        movie) skipping its ``exclude_rows`` entry (int arrays), and their scores: the one path every
+        list (and ``recsys evaluate``) takes.
+
+        A factorised model: the index search (movies by rank vectors, users by score vectors), scored
+        ``offset + <score, score>``. A model scored by pairs: candidates by the index's plan (every
+        row, or the retriever's top), re-ranked by the model's pair score in blocks, which is the
+        score returned (recsys/reranking.py)."""
+        index = self._idx["movies_ip" if noun == "movies" else "users_ip"]
+        if self.factorised:
+            _, rows = index.search_excluding(query.rank, k, exclude_rows)
+            vectors = self._ms if noun == "movies" else self._us
+            return rows, [self.offset + vectors[r] @ s for r, s in zip(rows, query.score)]
+        plan = self._plans[noun]
+        candidates = plan.candidate_rows(exclude_rows, k,
+                                         lambda n: index.search_excluding(query.rank, n, exclude_rows)[1])
+        widest = max(len(m) for m in query.members)  # a group scores each pair once per member
+        return top_k_by_pairs(self._pair_scorer(query, noun), candidates, k, max(1, plan.block_pairs // widest))
+
+    def _pair_scorer(self, query: _Query, noun: str):
+        """``(queries [P], rows [P]) -> [P]`` the model's pair score of each query (its members' mean)
+        with a row of ``noun``."""
+        rows_table = self._movie_enc if noun == "movies" else self._user_enc
+        sizes = np.array([len(m) for m in query.members], np.int64)
+        flat = np.concatenate(query.members).astype(np.int64)
+        starts = np.cumsum(sizes) - sizes
+
+        def score(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            n = sizes[queries]  # members per pair
+            pair = np.repeat(np.arange(len(queries)), n)
+            offset_in_query = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            member = flat[np.repeat(starts[queries], n) + offset_in_query]
+            mine = {k: v[member] for k, v in query.table.items()}
+            other = {k: v[rows[pair]] for k, v in rows_table.items()}
+            s = self._model_pairs(mine, other) if noun == "movies" else self._model_pairs(other, mine)
+            return (np.bincount(pair, s, len(queries)) / n).astype(np.float32)
+
+        return score
+
+    def _model_pairs(self, users: dict, movies: dict) -> np.ndarray:
+        """The model's pair scores [N] for parallel encoded user and movie features (N rows each)."""
+        model, _ = self._cold()
+        with self._lock:
+            return model.pair_scores(users, movies)
 
     def top_k_rows(self, user_rows: np.ndarray, k: int, exclude_rows: list) -> list[np.ndarray]:
-        """Top k movie rows for many known users (rows of ``self.users``) through the index, each
-        skipping its own ``exclude_rows`` list: what ``recommend`` serves, in one batched search."""
-        return self._idx["movies_ip"].search_excluding(self._ur[np.asarray(user_rows)], k, exclude_rows)[1]
+        """Top k movie rows for many known users (rows of ``self.users``), each skipping its own
+        ``exclude_rows`` list: what ``recommend`` serves, for a block of users at once."""
+        return self._rank("movies", self._user_query(user_rows), k, exclude_rows)[0]
 
     def pair_scores(self, user_rows: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
-        """``offset + <user score, movie score>`` for parallel arrays of user and movie rows."""
-        return self.offset + np.einsum("ij,ij->i", self._us[user_rows], self._ms[movie_rows])
+        """The model's score for parallel arrays of user and movie rows: ``offset + <user score, movie
+        score>`` for a factorised model, else its pair score (in blocks of ``rerank_block_pairs``)."""
+        user_rows, movie_rows = np.asarray(user_rows, np.int64), np.asarray(movie_rows, np.int64)
+        if self.factorised:
+            return self.offset + np.einsum("ij,ij->i", self._us[user_rows], self._ms[movie_rows])
+        out = np.empty(len(user_rows), np.float32)
+        step = self._plans["movies"].block_pairs
+        for s in range(0, len(user_rows), step):
+            u, m = user_rows[s:s + step], movie_rows[s:s + step]
+            out[s:s + step] = self._model_pairs({k: v[u] for k, v in self._user_enc.items()},
+                                                {k: v[m] for k, v in self._movie_enc.items()})
+        return out
+
+    def ranking_scores(self, user_rows: np.ndarray) -> np.ndarray:
+        """[len(user_rows), movies] what lists order movies by: ``<user rank, movie rank>`` for a
+        factorised model, the pair score otherwise (the caller bounds the users per call)."""
+        user_rows = np.asarray(user_rows, np.int64)
+        if self.factorised:
+            return self._ur[user_rows] @ self._mr.T
+        n = len(self._mr)
+        return self.pair_scores(np.repeat(user_rows, n), np.tile(np.arange(n), len(user_rows))).reshape(-1, n)
 
     # ------------------------------------------------------------------ known users and movies
 
@@ -297,8 +423,8 @@ class Recommender:
         row = self._user(user_id)
         seen_rows = self._seen.get(int(user_id), np.empty(0, np.int64)) if exclude_seen else np.empty(0, np.int64)
         k = self._check_k(k, len(self._ms))
-        rows, scores = self._search_movies(self._ur[row], self._us[row], k, seen_rows)
-        return self._movie_rows(rows, scores, as_frame)
+        rows, scores = self._rank("movies", self._user_query([row]), k, [seen_rows])
+        return self._movie_rows(rows[0], scores[0], as_frame)
 
     def recommend_batch(self, user_ids, k: int = 10, exclude_seen: bool = True, as_frame: bool = False):
         """``recommend`` for many users: a list of lists (or one DataFrame with a user_id column)."""
@@ -310,7 +436,7 @@ class Recommender:
     def predict(self, user_id, movie_id) -> float:
         """The model's score for the pair (a rating model's predicted rating)."""
         u, m = self._user(user_id), self._movie(movie_id)
-        return float(self.offset + self._us[u] @ self._ms[m])
+        return float(self.pair_scores(np.array([u]), np.array([m]))[0])
 
     def similar_movies(self, movie_id, k: int = 10, as_frame: bool = False):
         """The k movies closest to ``movie_id`` by cosine of their similarity vectors."""
@@ -326,14 +452,11 @@ class Recommender:
                 "score": float(s)} for r, s in zip(rows, scores)]
         return pd.DataFrame(out) if as_frame else out
 
-    def _users_for_vector(self, movie_score: np.ndarray, k: int, as_frame: bool,
-                          exclude_rows: np.ndarray | None = None):
+    def _users_for(self, movie: _Query, k: int, as_frame: bool, exclude_rows: np.ndarray | None = None):
         k = self._check_k(k, len(self._us))
         exclude_rows = np.empty(0, np.int64) if exclude_rows is None else exclude_rows
-        fetch = min(len(self._us), k + len(exclude_rows))  # over-fetch, then drop the excluded users
-        scores, rows = self._idx["users_ip"].search(movie_score[None, :], fetch)
-        keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude_rows)
-        return self._user_rows(rows[0][keep][:k], self.offset + scores[0][keep][:k], as_frame)
+        rows, scores = self._rank("users", movie, k, [exclude_rows])
+        return self._user_rows(rows[0], scores[0], as_frame)
 
     def _raters(self, movie_row: int) -> np.ndarray:
         """User rows that rated catalog row ``movie_row`` in training (inverted ``_seen``, built once)."""
@@ -352,16 +475,17 @@ class Recommender:
         predicted rating: it can fall outside ``info["rating_range"]``)."""
         row = self._movie(movie_id)
         raters = self._raters(row) if exclude_raters else None
-        return self._users_for_vector(self._ms[row], k, as_frame, raters)
+        return self._users_for(self._movie_query([row]), k, as_frame, raters)
 
     def also_liked(self, movie_id, k: int = 10, fans: int = 50, as_frame: bool = False):
-        """People who like this movie also like: the movies its top ``fans`` users score highest."""
+        """People who like this movie also like: the movies its top ``fans`` users score highest (score:
+        the fans' mean score)."""
         row = self._movie(movie_id)
         k = self._check_k(k, len(self._ms) - 1)
-        top = self._idx["users_ip"].search(self._ms[row][None, :], min(fans, len(self._us)))[1][0]
-        top = top[top >= 0]
-        rows, scores = self._search_movies(self._ur[top].mean(axis=0), self._us[top].mean(axis=0), k, np.array([row]))
-        return self._movie_rows(rows, scores, as_frame)
+        top = self._rank("users", self._movie_query([row]), min(fans, len(self._us)), [np.empty(0, np.int64)])[0][0]
+        group = _Query(self._ur[top].mean(axis=0)[None], self._us[top].mean(axis=0)[None], self._user_enc, [top])
+        rows, scores = self._rank("movies", group, k, [np.array([row])])
+        return self._movie_rows(rows[0], scores[0], as_frame)
 
     # ------------------------------------------------------------------ cold start
 
@@ -372,7 +496,8 @@ class Recommender:
                 from recsys.models import load_model
 
                 if self._model_dir is None or not (Path(self._model_dir) / "model.json").is_file():
-                    raise ArtifactError(f"cold start needs the model artifact; {self._model_dir} has none "
+                    need = "cold start needs" if self.factorised else "cold start and ranking by pair score need"
+                    raise ArtifactError(f"{need} the model artifact; {self._model_dir} has none "
                                         "(rebuild the index, or pass model_dir to Recommender.load)")
                 model = load_model(self._model_dir)
                 if model.version != self.info["model_version"]:
@@ -393,17 +518,20 @@ class Recommender:
         if occupation is not None and str(occupation).lower() not in occs:
             raise ValueError(f"occupation must be one of {occs} or None, got {occupation!r}")
 
-    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> dict[str, np.ndarray]:
-        """A new user's vectors ``{"score", "rank"}`` from demographics alone (the id falls back to OOV)."""
+    def _profile(self, gender, age, occupation, zipcode) -> tuple[dict, dict]:
+        """A new user's encoded features (name -> [1, ...]) and vectors ``{"score", "rank"}`` [1, ...]."""
         self._check_profile(gender, age, occupation)
         model, enc = self._cold()
-        feats = enc.user(None, gender, age, occupation, zipcode)
+        feats = {k: np.array([v]) for k, v in enc.user(None, gender, age, occupation, zipcode).items()}
         with self._lock:
-            vectors = model.user_vectors({k: np.array([v]) for k, v in feats.items()})
-        return {k: v[0] for k, v in vectors.items()}
+            return feats, model.user_vectors(feats)
 
-    def new_movie_vector(self, title: str, genres, year=None) -> dict[str, np.ndarray]:
-        """A new movie's vectors ``{"score", "rank", "similarity"}`` from title, genres and year alone."""
+    def profile_vector(self, gender=None, age=None, occupation=None, zipcode=None) -> dict[str, np.ndarray]:
+        """A new user's vectors ``{"score", "rank"}`` from demographics alone (the id falls back to OOV)."""
+        return {k: v[0] for k, v in self._profile(gender, age, occupation, zipcode)[1].items()}
+
+    def _new_movie(self, title: str, genres, year) -> tuple[dict, dict]:
+        """A new movie's encoded features (name -> [1, ...]) and vectors ``{"score", "rank", "similarity"}``."""
         if not isinstance(title, str) or not title.strip():
             raise ValueError(f"title must be a non-empty string, got {title!r}")
         model, enc = self._cold()
@@ -411,18 +539,22 @@ class Recommender:
         unknown = [g for g in genre_text.split("|") if g and g not in enc.vocabs["genres"]]
         if unknown:
             raise ValueError(f"unknown genre(s) {unknown}; allowed: {enc.vocabs['genres'].values}")
-        feats = enc.movie(None, title, genre_text, year)
+        feats = {k: np.array([v]) for k, v in enc.movie(None, title, genre_text, year).items()}
         with self._lock:
-            vectors = model.movie_vectors({k: np.array([v]) for k, v in feats.items()})
-        return {k: v[0] for k, v in vectors.items()}
+            return feats, model.movie_vectors(feats)
+
+    def new_movie_vector(self, title: str, genres, year=None) -> dict[str, np.ndarray]:
+        """A new movie's vectors ``{"score", "rank", "similarity"}`` from title, genres and year alone."""
+        return {k: v[0] for k, v in self._new_movie(title, genres, year)[1].items()}
 
     def recommend_for_profile(self, gender=None, age=None, occupation=None, zipcode=None, k: int = 10,
                               as_frame: bool = False):
         """Top-k movies for a new user described only by gender, age (years) and occupation."""
-        v = self.profile_vector(gender, age, occupation, zipcode)
+        feats, v = self._profile(gender, age, occupation, zipcode)
         k = self._check_k(k, len(self._ms))
-        rows, scores = self._search_movies(v["rank"], v["score"], k, np.empty(0, np.int64))
-        return self._movie_rows(rows, scores, as_frame)
+        query = _Query(v["rank"], v["score"], feats, [np.zeros(1, np.int64)])
+        rows, scores = self._rank("movies", query, k, [np.empty(0, np.int64)])
+        return self._movie_rows(rows[0], scores[0], as_frame)
 
     def similar_to_new_movie(self, title: str, genres, year=None, k: int = 10, as_frame: bool = False):
         """The k known movies closest (cosine) to a new movie given by title and genres."""
@@ -434,4 +566,5 @@ class Recommender:
 
     def users_for_new_movie(self, title: str, genres, year=None, k: int = 10, as_frame: bool = False):
         """The k users the model scores highest for a new movie."""
-        return self._users_for_vector(self.new_movie_vector(title, genres, year)["score"], k, as_frame)
+        feats, v = self._new_movie(title, genres, year)
+        return self._users_for(_Query(v["score"], v["score"], feats, [np.zeros(1, np.int64)]), k, as_frame)

@@ -371,7 +371,8 @@ def validate(run: Run, valid_ds) -> dict[str, float]:
         out[RMSE] = math.sqrt(sse / max(n, 1.0))
     if NDCG in needed:
         if run.catalog is None:
-            run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed)
+            run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed,
+                                            index_cfg=run.cfg.index)
         total, n = run.catalog.ndcg_sum(model, hvd.rank(), hvd.size())
         total = float(hvd.allreduce(tf.constant(total, tf.float64), op=hvd.Sum))
         n = float(hvd.allreduce(tf.constant(n, tf.float64), op=hvd.Sum))
@@ -382,10 +383,14 @@ def validate(run: Run, valid_ds) -> dict[str, float]:
 class ValidationCatalog:
     """Ranking validation (NDCG@10): a fixed seeded sample of the users with validation ratings,
     every catalog movie scored through the model's rank vectors, training movies excluded;
-    relevant: the user's validation movies (binary gains, as recsys evaluate). Each rank scores
-    every ``size``-th sampled user; memory: one block of users x the catalog."""
+    relevant: the user's validation movies (binary gains, as recsys evaluate). A model scored by
+    pairs (not factorised) is ranked as it is served: by its pair score over the whole catalog, or
+    over the exact top ``index.rerank_candidates`` of its rank vectors above
+    ``index.rerank_full_scan_max`` movies (recsys/reranking.py; ``index_cfg``: the config's
+    ``index`` section). Each rank scores every ``size``-th sampled user; memory: one block of
+    users x the catalog."""
 
-    def __init__(self, prepared: Path, max_users: int, seed: int, block: int = 256):
+    def __init__(self, prepared: Path, max_users: int, seed: int, block: int = 256, index_cfg=None):
         import numpy as np
         import pandas as pd
 
@@ -403,6 +408,10 @@ class ValidationCatalog:
         train = train[train.user_id.isin(ids)]
         self.seen = {u: movie_row.loc[g].to_numpy() for u, g in train.groupby("user_id").movie_id}
         self.block = block
+        from recsys.config import IndexConfig
+        from recsys.reranking import RerankPlan
+
+        self.plan = RerankPlan.choose(len(self.movies), index_cfg or IndexConfig(), "movies")
 
     def ndcg_sum(self, model, rank: int, size: int, k: int = 10) -> tuple[float, int]:
         """(sum of NDCG@k, users) over this rank's share of the sampled users."""
@@ -411,23 +420,43 @@ class ValidationCatalog:
 
         from recsys.evaluation import ndcg_at_k
         from recsys.features import encoded_columns
+        from recsys.reranking import top_k_by_pairs
 
         def vectors(fn, frame, names):
             enc = encoded_columns(frame, names)
             return np.concatenate([fn({n: tf.constant(v[s:s + 8192]) for n, v in enc.items()})["rank"].numpy()
                                    for s in range(0, len(frame), 8192)]).astype(np.float32)
 
+        def exact_top(scores, n):  # [U, M] -> [U, n] rows by score, best first
+            top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+
         items = vectors(model.movie_vectors, self.movies, model.movie_features)  # [M, R]
+        movie_enc = None if model.factorised else encoded_columns(self.movies, model.movie_features)
         mine = self.user_ids[rank::size]
         total = 0.0
         for s in range(0, len(mine), self.block):
             ids = mine[s:s + self.block]
-            q = vectors(model.user_vectors, self.users.iloc[self.user_row.loc[ids].to_numpy()], model.user_features)
-            scores = q @ items.T
-            for i, u in enumerate(ids):
-                scores[i, self.seen.get(u, [])] = -np.inf
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+            frame = self.users.iloc[self.user_row.loc[ids].to_numpy()]
+            exclude = [self.seen.get(u, np.empty(0, np.int64)) for u in ids]
+            scores = vectors(model.user_vectors, frame, model.user_features) @ items.T
+            for i, row in enumerate(exclude):
+                scores[i, row] = -np.inf
+            if model.factorised:
+                top = exact_top(scores, k)
+            else:  # re-ranked by the pair score, as served (the retriever here: exact search)
+                user_enc = encoded_columns(frame, model.user_features)
+
+                def pair_scores(q, rows):
+                    x = {n: tf.constant(v[q]) for n, v in user_enc.items()}
+                    x.update({n: tf.constant(v[rows]) for n, v in movie_enc.items()})
+                    return model.pair_scores(x).numpy()
+
+                def retrieve(n):  # the exact top n by rank vectors, seen movies (-inf) skipped
+                    return [r[np.isfinite(scores[i, r])] for i, r in enumerate(exact_top(scores, n))]
+
+                candidates = self.plan.candidate_rows(exclude, k, retrieve)
+                top = top_k_by_pairs(pair_scores, candidates, k, self.plan.block_pairs)[0]
             total += sum(ndcg_at_k(top[i], self.relevant[u], k) for i, u in enumerate(ids))
         return total, len(mine)
 
