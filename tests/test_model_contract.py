@@ -5,8 +5,10 @@
 * :class:`ModelContract`: every trained model (``model.kind``) on top: trained by train.py,
   exported, indexed and served; unknown ids and k bounds; served top-k equal to a numpy brute
   force computed from the raw checkpoint weights (``tf.train.load_checkpoint``, never through
-  the code under test); the artifact round trip (moved directories included) to identical
-  scores; strict loading; identical weights on 2 Horovod ranks.
+  the code under test): by ``<user rank, movie rank>`` for a factorised model, by the pair
+  score of every unseen movie for a model scored by pairs (NeuMF); the artifact round trip
+  (moved directories included) to identical scores; strict loading; identical weights on 2
+  Horovod ranks.
 
 A new model adds one subclass with its ``kind`` and its numpy forward pass.
 """
@@ -94,16 +96,58 @@ class TestItemCFContract(RecommenderContract):
         return NeighbourCF(user_based=False, k=5)
 
 
+def test_top_k_by_pairs_is_the_same_in_any_block_size_and_plans_choose_by_size():
+    """Re-ranking (recsys/reranking.py): blocks of any size give the exact per-query top k by pair
+    score; the plan is a full scan up to index.rerank_full_scan_max rows, else the retriever's top."""
+    from types import SimpleNamespace
+
+    from recsys.reranking import FULL_SCAN, RERANK, RerankPlan, top_k_by_pairs
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(3, 50)).astype(np.float32)  # the pair score of query q with row r
+
+    def score(q, r):
+        return table[q, r]
+
+    candidates = [rng.permutation(50)[:n] for n in (50, 7, 0)]
+    for block in (1, 13, 10_000):
+        rows, scores = top_k_by_pairs(score, candidates, 10, block)
+        for q, c in enumerate(candidates):
+            best = c[np.argsort(-table[q, c], kind="stable")][:10]
+            np.testing.assert_array_equal(rows[q], best)
+            np.testing.assert_array_equal(scores[q], table[q, best])
+    cfg = SimpleNamespace(rerank_full_scan_max=50, rerank_candidates=20, rerank_block_pairs=64)
+    full, rerank = RerankPlan.choose(50, cfg), RerankPlan.choose(51, cfg)
+    assert (full.method, rerank.method, rerank.candidates) == (FULL_SCAN, RERANK, 20)
+    assert [list(r) for r in full.candidate_rows([np.array([0, 2])], 5, None)] == [[1] + list(range(3, 50))]
+    asked = []
+    rerank.candidate_rows([np.array([0])], 30, lambda n: asked.append(n) or [np.arange(n)])
+    assert asked == [30]  # at least k candidates
+    assert RerankPlan.from_json(rerank.to_json()) == rerank
+
+
 # ---------------------------------------------------------------------------- trained models
 
 
 SMALL = ["train.batch_size=256", "model.hidden_units=[16]", "model.embedding_dim=8", "model.output_dim=8",
-         "model.retrieval_dim=4", "model.bpr.factors=8", "train.threads_per_rank=1"]
+         "model.retrieval_dim=4", "model.bpr.factors=8", "model.neumf.factors=8", "model.neumf.mlp_layers=[16,8]",
+         "train.threads_per_rank=1"]
 
 
 def _enc(frame: pd.DataFrame, name: str) -> np.ndarray:
     col = frame["enc_" + name].to_numpy()
     return np.stack(col).astype(np.int64) if col.dtype == object else col.astype(np.int64)
+
+
+def _raw_weights(model_dir) -> tuple[dict, dict]:
+    """(name -> array of every model variable read straight from the checkpoint, model.json)."""
+    import tensorflow as tf
+
+    info = json.loads(open(f"{model_dir}/model.json").read())
+    reader = tf.train.load_checkpoint(f"{model_dir}/{info['weights']}")
+    weights = {k.removeprefix("model/").removesuffix("/.ATTRIBUTES/VARIABLE_VALUE"): reader.get_tensor(k)
+               for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
+    return weights, info
 
 
 @pytest.mark.slow
@@ -116,6 +160,10 @@ class ModelContract(RecommenderContract):
         """From the raw checkpoint values ``weights`` (name -> array): (user rank [U, R], movie rank
         [M, R], scores [U, M]) for the prepared users and movies tables, in numpy alone."""
         raise NotImplementedError
+
+    def numpy_ranking(self, user_rank: np.ndarray, movie_rank: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """[U, M] what served lists order movies by: ``<user rank, movie rank>`` (a factorised model)."""
+        return user_rank @ movie_rank.T
 
     @pytest.fixture(scope="class")
     def served(self, request, train_data, tmp_path_factory):
@@ -172,17 +220,12 @@ class ModelContract(RecommenderContract):
         assert len(everything) == n and len({r["movie_id"] for r in everything}) == n
 
     def test_served_top_k_equals_numpy_brute_force_from_raw_weights(self, served, rec):
-        import tensorflow as tf
-
         prepared = served.paths.prepared
         users = pd.read_parquet(f"{prepared}/users.parquet")
         movies = pd.read_parquet(f"{prepared}/movies.parquet")
-        info = json.loads(open(f"{served.paths.model}/model.json").read())
-        reader = tf.train.load_checkpoint(f"{served.paths.model}/{info['weights']}")
-        weights = {k.removeprefix("model/").removesuffix("/.ATTRIBUTES/VARIABLE_VALUE"): reader.get_tensor(k)
-                   for k in reader.get_variable_to_shape_map() if k.startswith("model/")}
+        weights, info = _raw_weights(served.paths.model)
         user_rank, movie_rank, scores = self.numpy_vectors(weights, users, movies, info)
-        ranking = user_rank @ movie_rank.T
+        ranking = self.numpy_ranking(user_rank, movie_rank, scores)
         seen = pd.concat([pd.read_parquet(f"{prepared}/ratings_{s}") for s in ("train", "valid")])
         seen_by_user = seen.groupby("user_id").movie_id.apply(set).to_dict()
         movie_ids = movies.movie_id.to_numpy()
@@ -214,6 +257,9 @@ class ModelContract(RecommenderContract):
             assert a.keys() == b.keys()
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])
+        pairs = (encoded_columns(users.iloc[np.arange(20) % len(users)], original.tower_names("user")),
+                 encoded_columns(movies.iloc[np.arange(20) % len(movies)], original.tower_names("movie")))
+        np.testing.assert_array_equal(original.pair_scores(*pairs), again.pair_scores(*pairs))
         # the exported vectors are the artifact's
         np.testing.assert_allclose(rec._ms, original.movie_vectors(encoded_columns(movies, original.tower_names("movie")))["score"],
                                    rtol=1e-6, atol=1e-6)
@@ -327,3 +373,83 @@ class TestBPRContract(ModelContract):
         b = w["movie_bias/embeddings"][mid, 0] * (mid >= 2)
         user_rank, movie_rank = np.hstack([u, np.ones((len(u), 1))]), np.hstack([m, b[:, None]])
         return user_rank, movie_rank, user_rank @ movie_rank.T
+
+
+def _neumf(w: dict, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple:
+    """NeuMF in numpy from raw weights: (user rank [U, F], movie rank [M, F], logits [U, M]) for
+    every pair of the encoded ``user_ids`` and ``movie_ids`` (ids below 2, padding / OOV: zero embeddings)."""
+    def rows(table, ids):
+        return w[f"{table}/embeddings"][ids] * (ids >= 2)[:, None]
+
+    p, p_mlp = rows("user_gmf", user_ids), rows("user_mlp", user_ids)  # [U, F]
+    q, q_mlp = rows("movie_gmf", movie_ids), rows("movie_mlp", movie_ids)  # [M, F]
+    n_u, n_m, f = len(p), len(q), p.shape[1]
+    x = np.concatenate([np.broadcast_to(p_mlp[:, None], (n_u, n_m, f)),
+                        np.broadcast_to(q_mlp[None], (n_u, n_m, f))], -1)  # [U, M, 2F]
+    i = 0
+    while f"mlp/hidden/{i}/kernel" in w:
+        x = np.maximum(_dense(w, f"mlp/hidden/{i}", x), 0)
+        i += 1
+    logits = _dense(w, "fusion", np.concatenate([p[:, None] * q[None], x], -1))[..., 0]  # [U, M]
+    return p * w["fusion/kernel"][:f, 0], q, logits
+
+
+class TestNeuMFContract(ModelContract):
+    """NeuMF is not factorised: lists are re-ranked by its pair score (a full scan of this catalog),
+    so the reference scores every unseen movie with a numpy forward pass from the raw weights."""
+
+    kind = "neumf"
+
+    def numpy_vectors(self, w, users, movies, info):
+        return _neumf(w, _enc(users, "user_id"), _enc(movies, "movie_id"))
+
+    def numpy_ranking(self, user_rank, movie_rank, scores):
+        return scores
+
+    def test_index_and_report_say_full_scan(self, rec, fitted):
+        n = len(rec.movies)
+        assert rec.info["factorised"] is False
+        assert rec.info["reranking"]["movies"]["method"] == "full_scan"
+        assert fitted.ranked_by == rec.ranked_by == f"pair score, full scan of {n:,} movies"
+
+    def test_candidate_path_ranks_the_retrievers_top_by_pair_score(self, served, data, tmp_path):
+        """Above index.rerank_full_scan_max movies, a list is the top by pair score among the retriever's
+        top index.rerank_candidates unseen movies, in serving and evaluation alike."""
+        from recsys.config import load_config
+        from recsys.evaluation import ServedModel
+        from recsys.serving import Recommender, build_serving_dir
+
+        candidates, k = 30, 10
+        cfg = load_config(ROOT / "conf/default.yaml", self.overrides + [
+            f"paths.index={tmp_path}/index", "index.rerank_full_scan_max=50", f"index.rerank_candidates={candidates}"])
+        build_serving_dir(cfg)  # from the class's exported vectors
+        rec = Recommender.load(cfg.paths.index)
+        n = len(rec.movies)
+        assert n > 50 and rec.info["reranking"]["movies"]["method"] == "rerank"
+        assert rec.ranked_by.startswith(f"pair score, re-ranked top {candidates} of {n:,} movies from the retriever")
+
+        users = pd.read_parquet(f"{cfg.paths.prepared}/users.parquet")
+        movies = pd.read_parquet(f"{cfg.paths.prepared}/movies.parquet")
+        w, _ = _raw_weights(cfg.paths.model)
+        user_rank, movie_rank, logits = _neumf(w, _enc(users, "user_id"), _enc(movies, "movie_id"))
+        retrieval = user_rank @ movie_rank.T
+        seen = pd.concat([pd.read_parquet(f"{cfg.paths.prepared}/ratings_{s}") for s in ("train", "valid")])
+        seen_by_user = seen.groupby("user_id").movie_id.apply(set).to_dict()
+        movie_ids = movies.movie_id.to_numpy()
+        for row in range(0, len(users), 10):
+            user_id = int(users.user_id.iloc[row])
+            unseen = ~np.isin(movie_ids, list(seen_by_user.get(user_id, ())))
+            pool = np.argsort(-np.where(unseen, retrieval[row], -np.inf), kind="stable")[:min(candidates, unseen.sum())]
+            best = pool[np.argsort(-logits[row, pool], kind="stable")][:k]
+            got = rec.recommend(user_id, k=k)
+            got_rows = [int(np.flatnonzero(movie_ids == r["movie_id"])[0]) for r in got]
+            assert set(got_rows) <= set(pool.tolist()) and len(got) == k
+            np.testing.assert_allclose([r["score"] for r in got], logits[row, best], rtol=1e-4, atol=1e-4)
+        # evaluation ranks through the same path: the same lists for the same exclusions
+        model = ServedModel(cfg.paths.index).fit(data)
+        assert model.ranked_by == rec.ranked_by
+        block = np.array(sorted(data.test.u.unique()))[:5]
+        tops = model.top_k(block, k, data.seen[block])
+        for i, u in enumerate(block):
+            served_list = rec.recommend(int(data.users.user_id.iloc[u]), k=k)
+            assert [int(data.movies.movie_id.iloc[m]) for m in tops[i]] == [r["movie_id"] for r in served_list]
