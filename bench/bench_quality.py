@@ -40,9 +40,10 @@ HEADLINE = [("RMSE", "test", "rmse"), ("NDCG@10", "ranking", "ndcg@10"), ("R@10"
 
 def train(config: str, model_dir: Path, seed: int, ranks: int, extra: list[str]) -> float:
     """Train one model into ``model_dir``; returns wall seconds."""
-    sets = ["--set", f"train.seed={seed}", "--set", f"paths.model={model_dir}"]
+    sets = []
     for item in extra:
         sets += ["--set", item]
+    sets += ["--set", f"train.seed={seed}", "--set", f"paths.model={model_dir}"]  # last: they win over --set
     cmd = [sys.executable, "train.py", "--config", config, *sets]
     if ranks > 1:
         cmd = ["horovodrun", "-np", str(ranks), *cmd]
