@@ -450,7 +450,7 @@ def served_directory(directory, cfg, workdir) -> Path:
     from recsys.serving import build_serving_dir
 
     work = Path(workdir)
-    paths = dataclasses.replace(cfg.paths, vectors=str(work / "vectors"), index=str(work / "index"))
+    paths = dataclasses.replace(cfg.paths, model=str(d), vectors=str(work / "vectors"), index=str(work / "index"))
     export_vectors(d, cfg.paths.prepared, paths.vectors)
     build_serving_dir(dataclasses.replace(cfg, paths=paths))
     return Path(paths.index)

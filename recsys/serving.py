@@ -65,16 +65,24 @@ def _log(msg: str) -> None:
 
 
 def build_serving_dir(cfg) -> dict:
-    """Build every index from ``paths.vectors`` (+ prepared tables and the model artifact) into ``paths.index``."""
+    """Build every index from ``paths.vectors`` (+ the tables of ``paths.prepared`` and the model artifact
+    of ``paths.model``) into ``paths.index``.
+
+    The model and prepared data are the config's, not the absolute paths ``vectors.json`` recorded at
+    export (a run folder moved or mounted elsewhere still builds); they must be the very model version
+    and prepared data the vectors came from, else one error says which to redo."""
     from recsys.models.contract import copy_artifact, weights_version
 
     from recsys.prepare.job import MANIFEST, load_manifest
 
     vec = load_vectors(cfg.paths.vectors)
     info = vec["info"]
-    prepared = Path(info["prepared_dir"])
-    model_dir = Path(info["model_dir"])
+    prepared = Path(cfg.paths.prepared)
+    model_dir = Path(cfg.paths.model)
     vectors_json = Path(cfg.paths.vectors) / "vectors.json"
+    if not (model_dir / "model.json").is_file():
+        raise ArtifactError(f"paths.model {model_dir} holds no trained model (model.json): point it at the model "
+                            f"{vectors_json} was exported from (version {info['model_version']})")
     # one model version and one prepared dataset behind vectors, tables and the copied model
     found = weights_version(model_dir)
     if found != info["model_version"]:

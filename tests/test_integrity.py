@@ -190,6 +190,39 @@ def test_index_build_refuses_prepared_data_changed_after_the_export(served, tmp_
     assert not (tmp_path / "index").exists()
 
 
+@pytest.mark.slow
+def test_a_moved_run_folder_builds_its_index_from_the_configured_paths(served, tmp_path):
+    """Model, prepared data and vectors copied to another place (another machine, a volume mounted
+    elsewhere) and the originals gone: the index builds from the config's paths, not from the
+    absolute paths vectors.json recorded at export, and serves the same lists."""
+    import dataclasses
+
+    from recsys.serving import Recommender, build_serving_dir
+
+    moved = tmp_path / "elsewhere"
+    for name in ("model", "prepared", "vectors"):
+        shutil.copytree(getattr(served.paths, name), moved / name)
+    recorded = json.loads((moved / "vectors" / "vectors.json").read_text())
+    assert Path(recorded["model_dir"]) == Path(served.paths.model).resolve()  # the old place, now to be gone
+    paths = dataclasses.replace(served.paths, model=str(moved / "model"), prepared=str(moved / "prepared"),
+                                vectors=str(moved / "vectors"), index=str(moved / "index"))
+    users = [int(u) for u in Recommender.load(served.paths.index).users.user_id[:3]]
+    away = {name: Path(getattr(served.paths, name)) for name in ("model", "prepared")}
+    for name, path in away.items():
+        path.rename(path.with_name(path.name + ".away"))
+    try:
+        build_serving_dir(dataclasses.replace(served, paths=paths))
+        lists = Recommender.load(moved / "index").recommend_batch(users, k=5)
+    finally:
+        for path in away.values():
+            path.with_name(path.name + ".away").rename(path)
+    assert lists == Recommender.load(served.paths.index).recommend_batch(users, k=5)
+    # a config whose paths.model holds no model says so in one line
+    wrong = dataclasses.replace(paths, model=str(tmp_path / "nothing"), index=str(tmp_path / "index2"))
+    with pytest.raises(ArtifactError, match=r"paths.model .*nothing holds no trained model"):
+        build_serving_dir(dataclasses.replace(served, paths=wrong))
+
+
 def _other_model(served, dest: Path, manifest_sha: str | None = None) -> Path:
     """A copy of the model artifact with other weights (or another recorded prepared data), re-sealed."""
     import tensorflow as tf
