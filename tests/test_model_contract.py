@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.evaluation import Bias, Data, NeighbourCF, Popularity
+from recsys.evaluation import Bias, Data, GlobalMean, NeighbourCF, Popularity, SparkALS, SurpriseModel
+from recsys.topk_baselines import Ease, ImplicitAls, ItemKnn, Tuned
 from tests.conftest import BIN, ENV, ROOT, train_cmd
 
 
@@ -94,6 +95,61 @@ class TestPopularityContract(RecommenderContract):
 class TestItemCFContract(RecommenderContract):
     def make(self):
         return NeighbourCF(user_based=False, k=5)
+
+
+class TestUserCFContract(RecommenderContract):
+    def make(self):
+        return NeighbourCF(user_based=True, k=5)
+
+
+class TestGlobalMeanContract(RecommenderContract):
+    def make(self):
+        return GlobalMean()
+
+
+class TestSurpriseSVDContract(RecommenderContract):
+    def make(self):
+        return SurpriseModel("SVD", factors=4, epochs=5, learning_rate=0.01, reg=0.05, seed=0)
+
+
+class TestSurpriseSVDppContract(RecommenderContract):
+    def make(self):
+        return SurpriseModel("SVD++", factors=4, epochs=3, learning_rate=0.01, reg=0.05, seed=0)
+
+
+class TestEaseContract(RecommenderContract):
+    def make(self):
+        return Ease(10.0, max_items=1000)
+
+
+class TestImplicitItemKnnContract(RecommenderContract):
+    def make(self):
+        return ItemKnn(5, block_items=7, max_items=1000)
+
+
+class TestTunedContract(RecommenderContract):
+    """A tuned top-k baseline (grid on the validation split, best refitted) is a recommender too."""
+
+    @pytest.fixture(scope="class")
+    def data(self):
+        d = _tiny_data()
+        d.valid = d.train.iloc[-40:].reset_index(drop=True)  # the last training rows are the validation split
+        return d
+
+    def make(self):
+        return Tuned("EASE", lambda lam: Ease(lam, 1000), [{"lam": 1.0}, {"lam": 100.0}])
+
+
+@pytest.mark.slow
+class TestSparkALSContract(RecommenderContract):
+    def make(self):
+        return SparkALS(rank=4, reg=0.1, iters=3, seed=0, master="local[1]", driver_memory="1g")
+
+
+@pytest.mark.slow
+class TestSparkImplicitALSContract(RecommenderContract):
+    def make(self):
+        return ImplicitAls(rank=4, reg=0.1, alpha=1.0, iters=3, seed=0, master="local[1]", driver_memory="1g")
 
 
 def test_top_k_by_pairs_is_the_same_in_any_block_size_and_plans_choose_by_size():
