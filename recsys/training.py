@@ -467,37 +467,55 @@ def restore(run: Run, resume: bool) -> _Progress:
     Rank 0 alone decides: it reads its checkpoint and history, and broadcasts the progress;
     the variables follow in :func:`broadcast_start`. Ranks never disagree on the resume point
     even when only rank 0's model directory holds the checkpoints (node-local directories).
+    A resume rank 0 refuses (a changed model, no readable checkpoint) is broadcast too, so every
+    rank stops with the same message instead of waiting for rank 0.
     """
-    hvd, progress = run.hvd, _Progress()
-    if hvd.rank() == 0 and resume:
-        latest = _restore_latest_readable(run)
-        if latest:
-            epoch = int(run.epoch_var.numpy())
-            history_path = run.model_dir / "history.json"
-            history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
-            _log(f"resumed from {latest} at epoch {epoch}")
-            if latest != run.manager.latest_checkpoint:
-                # the best weights on disk may come from an epoch after the one restored, which the
-                # history (cut at the restored epoch) no longer shows: a new best replaces them
-                _log(f"--resume: fell back past {run.manager.latest_checkpoint}; the saved best weights may be "
-                     "from a later epoch than the history shows until a resumed epoch improves on them")
-            progress = _Progress(epoch, 0, history)
-            if history:
-                best_at = min(range(len(history)), key=lambda i: history[i]["valid_selection"])
-                progress.best, progress.bad_epochs = history[best_at]["valid_selection"], len(history) - 1 - best_at
-        else:
-            _log(f"--resume: no checkpoint in {run.model_dir / 'checkpoints'}, starting fresh")
-        if _finished(run, progress):
-            _log(f"--resume: the checkpointed run had finished (epoch {progress.epoch} of train.epochs "
-                 f"{run.cfg.train.epochs}, {progress.bad_epochs} epochs without improvement, patience "
-                 f"{run.cfg.train.early_stopping_patience}): nothing left to train, the model in {run.model_dir} "
-                 "is kept. Raise train.epochs or train.early_stopping_patience to train further, or run without "
-                 "--resume to start over")
+    hvd, progress, refused = run.hvd, _Progress(), None
     if hvd.rank() == 0:
-        run.model_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
-    # Horovod: every rank takes rank 0's resume point
-    return _Progress(**run.hvd.broadcast_object(progress.fields(), root_rank=0))
+        try:
+            if resume:
+                progress = _resume_point(run)
+            run.model_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
+        except RecsysError as err:
+            refused = err
+    # Horovod: every rank takes rank 0's resume point, or its refusal
+    decision = hvd.broadcast_object({"refused": str(refused) if refused else None, "progress": progress.fields()},
+                                    root_rank=0)
+    if refused is not None:
+        raise refused
+    if decision["refused"]:
+        raise ArtifactError(f"rank {hvd.rank()}: rank 0 refused the resume: {decision['refused']}")
+    return _Progress(**decision["progress"])
+
+
+def _resume_point(run: Run) -> _Progress:
+    """Rank 0: restore the latest readable checkpoint (its config checked) and the history up to it."""
+    progress = _Progress()
+    latest = _restore_latest_readable(run)
+    if latest:
+        epoch = int(run.epoch_var.numpy())
+        history_path = run.model_dir / "history.json"
+        history = json.loads(history_path.read_text())[:epoch] if history_path.is_file() else []
+        _log(f"resumed from {latest} at epoch {epoch}")
+        if latest != run.manager.latest_checkpoint:
+            # the best weights on disk may come from an epoch after the one restored, which the
+            # history (cut at the restored epoch) no longer shows: a new best replaces them
+            _log(f"--resume: fell back past {run.manager.latest_checkpoint}; the saved best weights may be "
+                 "from a later epoch than the history shows until a resumed epoch improves on them")
+        progress = _Progress(epoch, 0, history)
+        if history:
+            best_at = min(range(len(history)), key=lambda i: history[i]["valid_selection"])
+            progress.best, progress.bad_epochs = history[best_at]["valid_selection"], len(history) - 1 - best_at
+    else:
+        _log(f"--resume: no checkpoint in {run.model_dir / 'checkpoints'}, starting fresh")
+    if _finished(run, progress):
+        _log(f"--resume: the checkpointed run had finished (epoch {progress.epoch} of train.epochs "
+             f"{run.cfg.train.epochs}, {progress.bad_epochs} epochs without improvement, patience "
+             f"{run.cfg.train.early_stopping_patience}): nothing left to train, the model in {run.model_dir} "
+             "is kept. Raise train.epochs or train.early_stopping_patience to train further, or run without "
+             "--resume to start over")
+    return progress
 
 
 RUN_CONFIG = "run_config.json"  # the config of the run that wrote the checkpoints

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -162,6 +163,24 @@ print('STEP', rank, int(T.LAST_RUN.step_var.numpy()), int(T.LAST_RUN.epoch_var.n
     assert "resumed from" in log and "epoch 2/2" in log and "epoch 1/2" not in log
     summary = json.loads((tmp_path / "rank0" / "model.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    # a resume rank 0 refuses (a changed model shape) stops every rank with rank 0's reason,
+    # at once: no rank is left waiting for a resume point that never comes
+    refuse = tmp_path / "refuse.py"
+    refuse.write_text(script.read_text().replace("train(cfg, resume=True)", """try:
+    train(cfg, resume=True)
+except RecsysError as err:
+    print('REFUSED', rank, err, flush=True)
+    sys.exit(2)""").replace("from recsys.training import train", "from recsys.training import train\n"
+                            "from recsys.errors import RecsysError").replace("'train.epochs=2'", "'train.epochs=3', "
+                                                                             "'model.output_dim=16'"))
+    started = time.time()
+    proc = subprocess.run([os.path.join(BIN, "horovodrun"), "-np", "2", sys.executable, str(refuse)], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    refused = sorted("REFUSED" + line.split("REFUSED", 1)[1] for line in proc.stdout.splitlines() if "REFUSED" in line)
+    assert proc.returncode != 0 and len(refused) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "model.output_dim 8 -> 16" in refused[0] and refused[1].startswith("REFUSED 1 rank 1: rank 0 refused the "
+                                                                             "resume: ") and "model.output_dim" in refused[1]
+    assert time.time() - started < 300
 
 
 def test_horovodrun_two_ranks_with_gloo():
