@@ -211,10 +211,12 @@ def main() -> int:
     for name, sample in (("model", 0), ("noise-floor", 0), ("als-explicit", args.baseline_users),
                          ("als-implicit", args.baseline_users), ("popularity", args.baseline_users)):
         out = work / f"evaluate-{name}.json"
+        out.unlink(missing_ok=True)  # never report an earlier run's figures for a skipped stage
         stage(f"evaluate {name}", [py, __file__, "--config", args.config, *sets, "--evaluate-one", name,
                                    "--sample-users", str(sample), "--json", str(out)])
         rows[name] = json.loads(out.read_text()) if out.is_file() else {}
     out = work / "queries.json"
+    out.unlink(missing_ok=True)
     stage("queries", [py, __file__, "--config", args.config, *sets, "--queries-only", "--queries", str(args.queries),
                       "--json", str(out)])
     q = json.loads(out.read_text()) if out.is_file() else {}

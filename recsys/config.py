@@ -605,6 +605,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.prepare.shuffle_partitions >= 1, "prepare.shuffle_partitions", "must be at least 1"),
         (cfg.synth.ratings >= 1 and cfg.synth.users >= 1 and cfg.synth.movies >= 1, "synth", "ratings, users and movies must be at least 1"),
         (cfg.synth.chunk_ratings >= 1000, "synth.chunk_ratings", "must be at least 1000"),
+        (cfg.synth.noise > 0, "synth.noise", "must be positive (stars of rating noise; the expected ratings divide by it)"),
         (cfg.train.early_stopping_patience >= 1, "train.early_stopping_patience", "must be at least 1 (epochs)"),
         (cfg.model.retrieval_weight >= 0, "model.retrieval_weight", "must be 0 (off) or positive"),
         (cfg.model.retrieval_temperature > 0, "model.retrieval_temperature", "must be positive (scores are divided by it)"),

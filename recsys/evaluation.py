@@ -431,7 +431,17 @@ class ServedModel(Recommender):
         seen = seen.tocsr()
         rows = self.served.top_k_rows(self.u_map[users], k, [self.m_map[seen.indices[seen.indptr[i]:seen.indptr[i + 1]]]
                                                              for i in range(len(users))])
-        return np.stack([self.m_back[r] for r in rows])
+        out = np.empty((len(users), k), np.int64)
+        for i, r in enumerate(rows):
+            listed = self.m_back[r]
+            if len(listed) < k:  # fewer than k unseen movies served (a user who has seen almost all):
+                # the list is filled with seen movies, which are never relevant, as the dense top_k does
+                filler = np.setdiff1d(seen.indices[seen.indptr[i]:seen.indptr[i + 1]], listed)
+                rest = np.setdiff1d(np.arange(len(self.m_map)), np.concatenate([listed, filler]))
+                filler = np.concatenate([filler, rest])
+                listed = np.concatenate([listed, filler[:k - len(listed)]])
+            out[i] = listed
+        return out
 
 
 def served_directory(directory, cfg, workdir) -> Path:

@@ -130,20 +130,20 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, *, flat_max: int, fact
 
 
 def _search_parameter(index) -> tuple[str | None, tuple[int, ...]]:
-    """The search parameter of ``index`` worth tuning and its grid: ``efSearch`` (HNSW), ``nprobe``
-    (IVF: up to its number of lists), or (None, ()) when it has neither."""
+    """The search parameter of ``index`` worth tuning and its grid: ``nprobe`` for an IVF index (up
+    to its number of lists, whatever its coarse quantizer, HNSW included), ``efSearch`` for HNSW, or
+    (None, ()) when it has neither."""
     import faiss
 
-    for name, grid in (("efSearch", _EF), ("nprobe", _NPROBE)):
-        try:
-            set_search_param(index, name, grid[0])
-        except RuntimeError:  # FAISS: the index has no such parameter
-            continue
-        if name == "nprobe":
-            nlist = faiss.extract_index_ivf(index).nlist
-            grid = tuple(v for v in grid if v <= nlist) or (nlist,)
-        return name, grid
-    return None, ()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        grid = tuple(v for v in _NPROBE if v < ivf.nlist) + (ivf.nlist,)  # every list probed: exact again
+        return "nprobe", grid
+    try:
+        set_search_param(index, "efSearch", _EF[0])
+    except RuntimeError:  # FAISS: the index has no such parameter (a flat scan of codes: SQ, PQ, ...)
+        return None, ()
+    return "efSearch", _EF
 
 
 def _check_trainable(index, factory: str, n: int, flat_max: int) -> None:

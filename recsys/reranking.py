@@ -70,16 +70,22 @@ class RerankPlan:
             return f"pair score, full scan of {self.collection:,} {self.noun}"
         return f"pair score, re-ranked top {self.candidates:,} of {self.collection:,} {self.noun} from {retriever}"
 
-    def candidate_rows(self, exclude: list[np.ndarray], k: int,
-                       retrieve: Callable[[int], list[np.ndarray]]) -> list[np.ndarray]:
+    def candidate_rows(self, exclude: list[np.ndarray], k: int, retrieve: Callable[[int], list[np.ndarray]],
+                       scan: np.ndarray | None = None) -> list[np.ndarray]:
         """Per query, the candidate rows (int64), none of ``exclude[i]``.
 
         ``retrieve(n)``: per query, the retriever's top ``n`` rows with the exclusions already
-        skipped (called only by a ``rerank`` plan, with ``n = max(candidates, k)``)."""
-        if self.method == RERANK:
-            return [np.asarray(r, np.int64) for r in retrieve(min(self.collection, max(self.candidates, k)))]
+        skipped (called only by a ``rerank`` plan, with ``n = max(candidates, k)``). ``scan`` [Q]
+        bool: queries the retriever cannot rank (an all-zero retriever vector, as a cold-start id
+        gets, ties every row), which get every row even under a ``rerank`` plan."""
+        full = np.ones(len(exclude), bool) if self.method != RERANK else (
+            np.zeros(len(exclude), bool) if scan is None else np.asarray(scan, bool))
+        retrieved = retrieve(min(self.collection, max(self.candidates, k))) if not full.all() else None
         out = []
-        for ex in exclude:
+        for i, ex in enumerate(exclude):
+            if not full[i]:
+                out.append(np.asarray(retrieved[i], np.int64))
+                continue
             keep = np.ones(self.collection, bool)
             keep[np.asarray(ex, np.int64)] = False
             out.append(np.flatnonzero(keep))

@@ -208,7 +208,8 @@ class Recommender:
 
     Every method returning movies gives dicts with ``movie_id, title, genres, score`` where
     ``score`` is the model's score (for a rating model: its predicted rating; for similarity
-    lists: the cosine). Lists are ordered by the model's ranking (``<user rank, movie rank>``).
+    lists: the cosine). Lists are ordered by the model's ranking: ``<user rank, movie rank>`` for a
+    factorised model, the pair score (re-ranked candidates) for a model scored by pairs.
     """
 
     def __init__(self, directory: Path, info: dict, indexes: dict, movies: pd.DataFrame, users: pd.DataFrame,
@@ -365,8 +366,10 @@ class Recommender:
             vectors = self._ms if noun == "movies" else self._us
             return rows, [self.offset + vectors[r] @ s for r, s in zip(rows, query.score)]
         plan = self._plans[noun]
+        # a query whose retriever vector is all zero (a cold-start id) ties every row: scan them all
+        blank = ~np.any(np.atleast_2d(query.rank) != 0, axis=1)
         candidates = plan.candidate_rows(exclude_rows, k,
-                                         lambda n: index.search_excluding(query.rank, n, exclude_rows)[1])
+                                         lambda n: index.search_excluding(query.rank, n, exclude_rows)[1], blank)
         widest = max(len(m) for m in query.members)  # a group scores each pair once per member
         return top_k_by_pairs(self._pair_scorer(query, noun), candidates, k, max(1, plan.block_pairs // widest))
 

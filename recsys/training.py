@@ -477,11 +477,14 @@ def restore(run: Run, resume: bool) -> _Progress:
                 progress = _resume_point(run)
             run.model_dir.mkdir(parents=True, exist_ok=True)
             _write_json(run.model_dir / RUN_CONFIG, run.cfg.to_dict())
-        except RecsysError as err:
+        except Exception as err:  # noqa: BLE001
+            # any failure here (a refused resume, an unreadable history, a full disk) must reach the
+            # other ranks, or they would wait for rank 0 for ever
             refused = err
     # Horovod: every rank takes rank 0's resume point, or its refusal
-    decision = hvd.broadcast_object({"refused": str(refused) if refused else None, "progress": progress.fields()},
-                                    root_rank=0)
+    reason = None if refused is None else (str(refused) if isinstance(refused, RecsysError)
+                                           else f"{type(refused).__name__}: {refused}")
+    decision = hvd.broadcast_object({"refused": reason, "progress": progress.fields()}, root_rank=0)
     if refused is not None:
         raise refused
     if decision["refused"]:

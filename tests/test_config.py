@@ -115,6 +115,7 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     ("train.early_stopping_patience=-1", "train.early_stopping_patience"),
     ("model.retrieval_weight=-1", "model.retrieval_weight"),
     ("model.retrieval_temperature=0", "model.retrieval_temperature"),
+    ("synth.noise=0", "synth.noise"),
     ("model.retrieval_group_size=0", "model.retrieval_group_size"),
     ("train.finite_check_steps=0", "train.finite_check_steps"),
     ("train.warmup_epochs=-2", "train.warmup_epochs"),

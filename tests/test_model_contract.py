@@ -179,6 +179,10 @@ def test_top_k_by_pairs_is_the_same_in_any_block_size_and_plans_choose_by_size()
     asked = []
     rerank.candidate_rows([np.array([0])], 30, lambda n: asked.append(n) or [np.arange(n)])
     assert asked == [30]  # at least k candidates
+    # a query the retriever cannot rank (all-zero vector: a cold-start id) gets every row of the collection
+    mixed = rerank.candidate_rows([np.array([0]), np.array([1, 2])], 5, lambda n: [np.arange(3, 3 + n)] * 2,
+                                  scan=np.array([False, True]))
+    assert list(mixed[0]) == list(range(3, 23)) and list(mixed[1]) == [0] + list(range(3, 51))
     assert RerankPlan.from_json(rerank.to_json()) == rerank
 
 
