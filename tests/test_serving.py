@@ -386,7 +386,8 @@ def test_index_and_vectors_refuse_a_folder_of_other_files(served, tmp_path):
     (folder / "thesis.tex").write_text("months of work")
     with pytest.raises(ArtifactError, match=r"paths.index \(.*mine\) is not empty and was not written by recsys index"):
         build_serving_dir(load_config(ROOT / "conf/ml-100k.yaml",
-                                      [f"paths.vectors={served.paths.vectors}", f"paths.index={folder}"]))
+                                      [f"paths.model={served.paths.model}", f"paths.prepared={served.paths.prepared}",
+                                       f"paths.vectors={served.paths.vectors}", f"paths.index={folder}"]))
     with pytest.raises(ArtifactError, match=r"paths.vectors \(.*mine\) is not empty and was not written by recsys export"):
         export_vectors(served.paths.model, served.paths.prepared, folder)
     assert [p.name for p in folder.iterdir()] == ["thesis.tex"] and (folder / "thesis.tex").read_text() == "months of work"
