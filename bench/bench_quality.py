@@ -46,7 +46,7 @@ def train(config: str, model_dir: Path, seed: int, ranks: int, extra: list[str])
     sets += ["--set", f"train.seed={seed}", "--set", f"paths.model={model_dir}"]  # last: they win over --set
     cmd = [sys.executable, "train.py", "--config", config, *sets]
     if ranks > 1:
-        cmd = ["horovodrun", "-np", str(ranks), *cmd]
+        cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(ranks), *cmd]  # the venv's, activated or not
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t0 = time.time()
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
