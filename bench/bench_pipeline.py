@@ -144,12 +144,6 @@ def queries(config: str, overrides: list[str], n: int, out: Path) -> None:
 # ---------------------------------------------------------------------------- the run
 
 
-def manifest_users(cfg):
-    import pandas as pd
-
-    return pd.read_parquet(Path(cfg.paths.prepared) / "users.parquet", columns=["user_id"])
-
-
 def _seconds(stages: list[dict], name: str) -> float:
     return next((s["seconds"] for s in stages if s["stage"] == name), float("nan"))
 
@@ -224,6 +218,7 @@ def main() -> int:
 
     manifest = json.loads((Path(cfg.paths.prepared) / "manifest.json").read_text())
     model = json.loads((Path(cfg.paths.model) / "model.json").read_text())
+    exported = json.loads((Path(cfg.paths.vectors) / "vectors.json").read_text())  # its user and movie counts
     ratings_read = manifest["accounting"]["ratings"]["rows_read"]
     n_train = manifest["stats"]["train_ratings"]
     hist = model.get("history", [])
@@ -233,7 +228,7 @@ def main() -> int:
         "prepare": f"{ratings_read:,} rating lines, {ratings_read / max(_seconds(stages, 'prepare'), 1e-9):,.0f}/s",
         "train": (f"{n_train:,} examples/epoch; {len(hist)} epochs at "
                   + ", ".join(f"{h['examples_per_s']:,.0f}" for h in hist) + " examples/s" if hist else "-"),
-        "export": f"{len(manifest_users(cfg)):,} users, {manifest['vocabularies']['sizes'].get('movie_id', 0):,} movie ids",
+        "export": f"{exported.get('users', 0):,} users, {exported.get('movies', 0):,} movies",
         "queries": f"{q.get('per_s', 0):,.0f} queries/s, p50 {q.get('p50_ms', 0):.2f} ms, p99 {q.get('p99_ms', 0):.2f} ms",
     }
     print()
