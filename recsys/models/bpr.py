@@ -25,10 +25,10 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.features import FIRST_ID  # noqa: E402
-from recsys.models.contract import NDCG, RecModel, f32  # noqa: E402
+from recsys.models.contract import NDCG, IdModel, f32  # noqa: E402
 
 
-class BPRMF(RecModel):
+class BPRMF(IdModel):
     """User and movie factors plus a movie bias; see the module docstring."""
 
     kind = "bpr"
@@ -53,24 +53,11 @@ class BPRMF(RecModel):
         self.movie_bias = keras.layers.Embedding(self.movie_vocab, 1, embeddings_initializer="zeros",
                                                  name="movie_bias")
 
-    @property
-    def user_features(self) -> list[str]:
-        return ["user_id"]
-
-    @property
-    def movie_features(self) -> list[str]:
-        return ["movie_id"]
-
-    @staticmethod
-    def _known(ids: tf.Tensor) -> tf.Tensor:
-        """1.0 for ids the model trained on, 0.0 for padding / OOV (cold start: the zero vector)."""
-        return tf.cast(ids >= FIRST_ID, tf.float32)
-
     def _user(self, ids):
-        return f32(self.user_factors(ids)) * self._known(ids)[:, None]
+        return f32(self.user_factors(ids)) * self.known(ids)[:, None]
 
     def _movie(self, ids):
-        known = self._known(ids)
+        known = self.known(ids)
         return f32(self.movie_factors(ids)) * known[..., None], f32(tf.squeeze(self.movie_bias(ids), -1)) * known
 
     def user_vectors(self, x, training=False):

@@ -169,6 +169,26 @@ class RecModel(keras.Model):
         self.score(x)
 
 
+class IdModel(RecModel):
+    """A model of the user and movie ids alone (no attributes: BPR-MF, NeuMF). An id it never
+    trained on (the vocabulary's padding or OOV row) gets zero vectors: cold start carries no signal."""
+
+    @property
+    def user_features(self) -> list[str]:
+        return ["user_id"]
+
+    @property
+    def movie_features(self) -> list[str]:
+        return ["movie_id"]
+
+    @staticmethod
+    def known(ids: tf.Tensor) -> tf.Tensor:
+        """Float32 of ``ids``' shape: 1.0 for ids the model trained on, 0.0 for padding / OOV."""
+        from recsys.features import FIRST_ID
+
+        return tf.cast(ids >= FIRST_ID, tf.float32)
+
+
 def f32(tensors):
     """Scores, logits and losses are computed in float32 whatever the compute policy (the towers may
     compute in float16 or bfloat16): every floating tensor of ``tensors`` cast to float32."""

@@ -35,7 +35,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.features import FIRST_ID  # noqa: E402
-from recsys.models.contract import NDCG, RecModel, f32  # noqa: E402
+from recsys.models.contract import NDCG, IdModel, f32  # noqa: E402
 
 # Embeddings start at N(0, 0.01^2), the NCF paper's initialisation.
 EMBEDDING_INIT_STDDEV = 0.01
@@ -54,7 +54,7 @@ class MLP(keras.layers.Layer):
         return x
 
 
-class NeuMF(RecModel):
+class NeuMF(IdModel):
     """GMF + MLP over user and movie ids, fused by one dense layer; see the module docstring."""
 
     kind = "neumf"
@@ -86,27 +86,14 @@ class NeuMF(RecModel):
         self.mlp = MLP(n.mlp_layers, name="mlp")
         self.fusion = keras.layers.Dense(1, name="fusion")  # h and b over [GMF F, MLP last width]
 
-    @property
-    def user_features(self) -> list[str]:
-        return ["user_id"]
-
-    @property
-    def movie_features(self) -> list[str]:
-        return ["movie_id"]
-
-    @staticmethod
-    def _known(ids: tf.Tensor) -> tf.Tensor:
-        """[..., 1] 1.0 for ids the model trained on, 0.0 for padding / OOV (cold start: zero embeddings)."""
-        return tf.cast(ids >= FIRST_ID, tf.float32)[..., None]
-
     def _user(self, ids):
         """(p_u, p'_u) [..., F] each."""
-        known = self._known(ids)
+        known = self.known(ids)[..., None]  # [..., 1]
         return f32(self.user_gmf(ids)) * known, f32(self.user_mlp(ids)) * known
 
     def _movie(self, ids):
         """(q_m, q'_m) [..., F] each."""
-        known = self._known(ids)
+        known = self.known(ids)[..., None]  # [..., 1]
         return f32(self.movie_gmf(ids)) * known, f32(self.movie_mlp(ids)) * known
 
     def _logit(self, p, p_mlp, q, q_mlp):
