@@ -211,9 +211,37 @@ class NeuMFConfig:
 
 
 @dataclass
+class SequentialConfig:
+    """The sequential model (``model.kind: sequential``): a GRU over each user's time-ordered
+    training movies, trained on next-item prediction by the in-batch softmax."""
+
+    history_length: int = 50  # latest training movies a user vector reads (oldest first)
+    embedding_dim: int = 64  # width of the movie embeddings (GRU input and output side) and of u
+    units: int = 64  # GRU state width
+    dropout: float = 0.2  # on the history embeddings
+    l2: float = 1e-6  # L2 on the embeddings and the projection
+    temperature: float = 0.1  # softmax temperature of the next-item loss
+    group_size: int = 1024  # the in-batch softmax runs over groups of this many examples (linear in the batch)
+
+
+@dataclass
+class LightGCNConfig:
+    """LightGCN (``model.kind: lightgcn``, He et al., SIGIR 2020): id embeddings averaged over
+    ``layers`` propagations on the normalised training graph, trained by BPR."""
+
+    factors: int = 64  # width of the embeddings
+    layers: int = 3  # propagation steps K
+    negatives: int = 4  # uniformly sampled negative movies per positive
+    l2: float = 1e-4  # per-example L2 on the layer-0 rows a batch looks up
+    positive_min_rating: float = 0.0  # ratings at or above this are edges and positives (0: every rating)
+    max_edges: int = 5_000_000  # a larger training graph stops before training (every rank holds it whole)
+
+
+@dataclass
 class ModelConfig:
     """Which model (``kind``) and its knobs. The rating network's knobs are the block's own keys;
-    every other model has its own sub-block named after its kind (``model.bpr``, ``model.neumf``)."""
+    every other model has its own sub-block named after its kind (``model.bpr``, ``model.neumf``,
+    ``model.sequential``, ``model.lightgcn``)."""
 
     kind: str = field(default="rating", metadata=_choices(*MODEL_REGISTRY))  # recsys.models.REGISTRY
     # Model selection (early stopping, best weights): "auto" is the model's own metric (rmse for
@@ -238,6 +266,8 @@ class ModelConfig:
     unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     neumf: NeuMFConfig = field(default_factory=NeuMFConfig)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    lightgcn: LightGCNConfig = field(default_factory=LightGCNConfig)
 
 
 @dataclass
@@ -583,6 +613,16 @@ def _validate(cfg: Config, where: str) -> None:
         (len(cfg.model.neumf.mlp_layers) > 0 and min(cfg.model.neumf.mlp_layers, default=0) >= 1,
          "model.neumf.mlp_layers", "must be a non-empty list of widths >= 1"),
         (cfg.model.neumf.l2 >= 0, "model.neumf.l2", "must be 0 or more"),
+        (min(cfg.model.sequential.history_length, cfg.model.sequential.embedding_dim, cfg.model.sequential.units,
+             cfg.model.sequential.group_size) >= 1, "model.sequential",
+         "history_length, embedding_dim, units and group_size must be at least 1"),
+        (cfg.model.sequential.temperature > 0 and cfg.model.sequential.l2 >= 0
+         and 0 <= cfg.model.sequential.dropout < 1, "model.sequential",
+         "temperature must be positive, l2 0 or more, dropout in [0, 1)"),
+        (min(cfg.model.lightgcn.factors, cfg.model.lightgcn.negatives, cfg.model.lightgcn.max_edges) >= 1
+         and cfg.model.lightgcn.layers >= 0, "model.lightgcn",
+         "factors, negatives and max_edges must be at least 1, layers 0 or more"),
+        (cfg.model.lightgcn.l2 >= 0, "model.lightgcn.l2", "must be 0 or more"),
         (cfg.index.rerank_full_scan_max >= 0, "index.rerank_full_scan_max", "must be 0 (never) or positive"),
         (cfg.index.rerank_candidates >= 1 and cfg.index.rerank_block_pairs >= 1, "index",
          "rerank_candidates and rerank_block_pairs must be at least 1"),

@@ -656,6 +656,7 @@ def close_epoch(run: Run, progress, losses: dict[str, float], seen: int, seconds
                                        op=hvd.Average, name=f"train_{name}")) for name in names}
     total_seen = int(hvd.allreduce(tf.constant(seen, tf.int64), op=hvd.Sum))
     with averaged_weights(run):
+        run.model.derive_weights()  # the served tables follow the weights being validated (and written)
         valid = validate(run, valid_ds)
     value = selection_value(run.metric, valid, cfg.model.validation_ndcg_weight)
     valid.setdefault(run.metric, value)  # "mix": the combined figure is logged beside its parts
@@ -680,6 +681,7 @@ def close_epoch(run: Run, progress, losses: dict[str, float], seen: int, seconds
         run.manager.save(checkpoint_number=epoch)
         if improved:
             with averaged_weights(run):
+                run.model.derive_weights()
                 write_weights(run.model, run.model_dir / WEIGHTS)
         _write_json(run.model_dir / "history.json", progress.history)
         if run.writer is None:

@@ -19,6 +19,8 @@ REGISTRY = {
     "rating": ("recsys.models.rating_network", "RatingNetwork"),
     "bpr": ("recsys.models.bpr", "BPRMF"),
     "neumf": ("recsys.models.neumf", "NeuMF"),
+    "sequential": ("recsys.models.sequential", "SequentialGRU"),
+    "lightgcn": ("recsys.models.lightgcn", "LightGCN"),
 }
 
 

@@ -128,6 +128,11 @@ class RecModel(keras.Model):
         """The model's own config keys (with values) worth checking when its loss diverges."""
         return []
 
+    def derive_weights(self) -> None:
+        """Recompute the non-trainable weights derived from the trainable ones that serving reads
+        (LightGCN's propagated tables); the trainer calls it before every validation and before
+        the best weights are written. Most models derive nothing."""
+
     def named_losses(self, x: dict, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """The training losses of a batch (features ``x``, ratings ``y`` [B]), each a float32 scalar
         with its name; the trainer minimises their sum and logs each."""
