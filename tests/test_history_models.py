@@ -85,3 +85,23 @@ def test_lightgcn_refuses_a_graph_above_max_edges(tmp_path):
     model = LightGCN(_spec(5, 12), {}, cfg)
     model.prepare(tmp_path)
     assert model.adjacency.dense_shape.numpy().tolist() == [17, 17] and len(model.adjacency.values) == 10
+
+
+def test_rating_network_history_leaves_the_rated_movie_out_in_training():
+    import tensorflow as tf
+
+    from recsys.models.rating_network import LEAVE_OUT, UserTower
+
+    cfg = ModelConfig()
+    cfg.user_history_length = 3
+    feats = [{"name": "user_id", "dtype": "int64", "shape": [], "vocab_size": 4, "tower": "user", "pad_id": 0}]
+    tower = UserTower(feats, cfg, "user_tower", movie_vocab=8)
+    tower.heads({"user_id": tf.constant([2], tf.int64)})  # builds the layers
+    tower.set_history(np.array([[0, 0, 0], [0, 0, 0], [5, 6, 0], [0, 0, 0]]))
+    emb = tower.history_embedding.embeddings.numpy()
+    users = tf.constant([2, 2], tf.int64)
+    served = tower.extra_inputs({"user_id": users}, False)[0].numpy()
+    trained = tower.extra_inputs({"user_id": users, LEAVE_OUT: tf.constant([5, 7], tf.int64)}, True)[0].numpy()
+    np.testing.assert_allclose(served[0], (emb[5] + emb[6]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(trained[0], emb[6], rtol=1e-6)  # movie 5's own rating does not see 5
+    np.testing.assert_allclose(trained[1], served[1], rtol=1e-6)  # movie 7 is not in the history

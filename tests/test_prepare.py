@@ -134,6 +134,19 @@ def test_split_strategies(spark, synth_raw, tmp_path, strategy):
         assert (first_test >= last_train.reindex(first_test.index)).all()
 
 
+def test_temporal_validation_sits_between_train_and_test_in_time(spark, synth_raw, tmp_path):
+    out = tmp_path / "p"
+    run_prepare(_cfg(synth_raw, out, "prepare.split.strategy=temporal", "prepare.split.test_fraction=0.2",
+                     "prepare.split.validation_fraction=0.25"), spark)
+    train, valid, test = (pd.read_parquet(out / f"ratings_{s}") for s in ("train", "valid", "test"))
+    n = pd.concat([train, valid, test]).groupby("user_id").size()
+    n_test = np.floor(n * 0.2 + 0.5)
+    assert (valid.groupby("user_id").size().reindex(n.index, fill_value=0) == np.floor((n - n_test) * 0.25 + 0.5)).all()
+    for earlier, later in ((train, valid), (valid, test)):
+        last, first = earlier.groupby("user_id").timestamp.max(), later.groupby("user_id").timestamp.min()
+        assert (first >= last.reindex(first.index).fillna(-1)).all()
+
+
 def test_cold_holdouts_are_encoded_as_unknown(spark, synth_raw, tmp_path):
     out = tmp_path / "p"
     m = run_prepare(_cfg(synth_raw, out, "prepare.split.cold_user_fraction=0.1",

@@ -32,6 +32,8 @@ from recsys.precision import float32_sum  # noqa: E402
 
 
 HISTORY_PAD = 0  # padding in the user-history table: the movie vocabulary's OOV id, never a training movie
+# training only: the movie ids [B] to leave out of each example's history (the rating being predicted)
+LEAVE_OUT = "_history_leave_out"
 
 
 def user_history_table(user_idx, movie_idx, timestamp, user_vocab: int, length: int):
@@ -129,7 +131,9 @@ class UserTower(_Tower):
     With ``user_history_length`` H > 0 the tower also pools (mean) embeddings of the movies the
     user rated in training, SVD++'s implicit feedback: a table [user vocab, H] of encoded movie
     ids (latest first, 0-padded), a non-trainable weight so that it travels in the checkpoint
-    with the model. Unknown users (the OOV row) have an empty history.
+    with the model. Unknown users (the OOV row) have an empty history. In training, each rating's
+    own movie is left out of its user's history (FISM's rule): otherwise the retrieval loss
+    learns "the positive is in the history", which never holds for a movie to recommend.
     """
 
     def __init__(self, features: list[dict], cfg: ModelConfig, name: str, movie_vocab: int):
@@ -150,6 +154,8 @@ class UserTower(_Tower):
         if self.history is None:
             return []
         ids = tf.gather(self.history, inputs[self.id_feature["name"]])  # [B, H]
+        if LEAVE_OUT in inputs:  # training: a rating never sees its own movie in the history (FISM)
+            ids = tf.where(tf.equal(ids, tf.cast(inputs[LEAVE_OUT], ids.dtype)[:, None]), HISTORY_PAD, ids)
         return [masked_mean(self.history_embedding(ids), ids, HISTORY_PAD)]
 
 
@@ -276,7 +282,10 @@ class RatingNetwork(RecModel):
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);
         regularization: the layers' L2 terms."""
-        uv = self._per_unique(self.user_vectors, x, self.user_tower.id_feature, self.user_features)
+        if self.user_tower.history is not None:  # the movie rated is left out of its user's history: per example
+            uv = self.user_vectors({**x, LEAVE_OUT: x["movie_id"]}, training=True)
+        else:
+            uv = self._per_unique(self.user_vectors, x, self.user_tower.id_feature, self.user_features)
         mv = self._per_unique(self.movie_vectors, x, self.movie_tower.id_feature, self.movie_features)
         pred = self.mu + tf.reduce_sum(uv["score"] * mv["score"], axis=-1)
         out = {"rating": tf.reduce_mean(tf.square(pred - f32(y)))}

@@ -5,8 +5,9 @@
 * ``user_stratified``: within each user, pairs are ordered by that hash and the first
   ``round(test_fraction * n_user)`` go to test, so every user keeps the same share.
 * ``temporal``: within each user, the latest ``round(test_fraction * n_user)`` ratings by
-  timestamp go to test (ties broken by movie id), as in the seed work.
-Then ``validation_fraction`` of the training pairs (by another seeded hash) become ``valid``.
+  timestamp go to test (ties broken by movie id), as in the seed work, and the latest
+  ``round(validation_fraction * rest)`` of the rest to ``valid``: train, then valid, then test in time.
+Otherwise ``validation_fraction`` of the training pairs (by another seeded hash) become ``valid``.
 Per-user counts are rounded half up (10 ratings at 0.25 give 3 test ratings).
 Cold holdouts come first: an exact ``round(fraction * n)`` of users (then of movies), drawn
 with a seeded RNG from the sorted ids, lose all their ratings to ``cold_users`` /
@@ -67,11 +68,16 @@ def assign_splits(spark, rows, strategy: str, test_fraction: float, seed: int,
         w = Window.partitionBy("user_id", normal.alias("_normal")).orderBy(*order)
         wn = Window.partitionBy("user_id", normal.alias("_normal"))
         df = df.withColumn("_rank", F.row_number().over(w)).withColumn("_n", F.count("*").over(wn))
-        regular = F.when(F.col("_rank") <= F.round(F.col("_n") * test_fraction), "test").otherwise("train")
+        n_test = F.round(F.col("_n") * test_fraction)
+        regular = F.when(F.col("_rank") <= n_test, "test").otherwise("train")
+        if strategy == "temporal":  # validation: the latest share of what remains, so train < valid < test in time
+            n_valid = F.round((F.col("_n") - n_test) * validation_fraction)
+            regular = F.when(F.col("_rank") <= n_test + n_valid, F.when(F.col("_rank") <= n_test, "test")
+                             .otherwise("valid")).otherwise("train")
     else:  # pragma: no cover - the config validates the choice
         raise ValueError(strategy)
-    # validation: a seeded-hash share of what would otherwise be training data
-    regular = F.when((regular == "train") & (pair_hash(seed, "valid") < validation_fraction), "valid").otherwise(regular)
+    if strategy != "temporal":  # validation: a seeded-hash share of what would otherwise be training data
+        regular = F.when((regular == "train") & (pair_hash(seed, "valid") < validation_fraction), "valid").otherwise(regular)
     df = df.withColumn("split", F.when(~kept, QUARANTINED).when(F.col("_cold_user").isNotNull(), "cold_users")
                        .when(F.col("_cold_movie").isNotNull(), "cold_movies").otherwise(regular))
     return df.drop("_cold_user", "_cold_movie", "_rank", "_n")
