@@ -259,6 +259,8 @@ class ModelConfig:
     embedding_l2: float = 0.0  # per-example L2 on looked-up embedding rows (MF-style)
     id_bias: bool = True  # add a learnt scalar per user / movie id to b_u / b_m
     user_history_length: int = 0  # movies a user rated in training (latest first) pooled into the user tower (0: off)
+    # with a history: the top-k score adds FISM's <pooled history, q_m> (the rank vectors gain embedding_dim)
+    history_retrieval: bool = False
     retrieval_weight: float = 0.3  # weight of the in-batch softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)

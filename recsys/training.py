@@ -298,6 +298,11 @@ def make_train_step(run: Run):
         losses = model.named_losses(x, y)
         return losses, tf.add_n(list(losses.values()))
 
+    if run.cfg.train.xla and model.xla_unsupported:
+        from recsys.errors import ConfigError
+
+        raise ConfigError(f"train.xla: model.kind={model.kind} cannot be XLA-compiled ({model.xla_unsupported}); "
+                          f"set train.xla=false")
     model.static_shapes = bool(run.cfg.train.xla)  # XLA: no data-dependent shapes inside the forward pass
     forward = compile_forward(forward, run.cfg.train.xla)  # precision: XLA outside Horovod's ops
 
@@ -680,8 +685,7 @@ def close_epoch(run: Run, progress, losses: dict[str, float], seen: int, seconds
 
         run.manager.save(checkpoint_number=epoch)
         if improved:
-            with averaged_weights(run):
-                run.model.derive_weights()
+            with averaged_weights(run):  # the derived tables are still those of these weights (validation's)
                 write_weights(run.model, run.model_dir / WEIGHTS)
         _write_json(run.model_dir / "history.json", progress.history)
         if run.writer is None:

@@ -105,3 +105,16 @@ def test_rating_network_history_leaves_the_rated_movie_out_in_training():
     np.testing.assert_allclose(served[0], (emb[5] + emb[6]) / 2, rtol=1e-6)
     np.testing.assert_allclose(trained[0], emb[6], rtol=1e-6)  # movie 5's own rating does not see 5
     np.testing.assert_allclose(trained[1], served[1], rtol=1e-6)  # movie 7 is not in the history
+
+
+def test_lightgcn_under_xla_stops_with_one_line(train_data, tmp_path):
+    import subprocess
+
+    from tests.conftest import ENV, train_cmd
+
+    _, overrides = train_data
+    proc = subprocess.run(train_cmd(overrides, 1, tmp_path / "m", "--set", "model.kind=lightgcn", "--set", "train.xla=true"),
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "train.xla: model.kind=lightgcn cannot be XLA-compiled" in proc.stderr
+    assert "Traceback" not in proc.stderr

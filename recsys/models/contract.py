@@ -93,6 +93,8 @@ class RecModel(keras.Model):
     # set by the trainer under train.xla: the forward pass is XLA-compiled, so a model must not give
     # its tensors data-dependent shapes there (e.g. one row per unique id of the batch)
     static_shapes = False
+    # why the forward pass cannot be XLA-compiled ("" when it can): train.xla then stops with this reason
+    xla_unsupported = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -67,6 +67,7 @@ class LightGCN(IdModel):
     rates = False
     default_validation_metric = NDCG
     shape_keys = ("kind", "lightgcn.factors")
+    xla_unsupported = "its sparse graph products have no XLA kernel"
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:

@@ -150,13 +150,15 @@ class UserTower(_Tower):
         """Load the [user vocab, H] table of rated movie ids (see ``user_history_table``)."""
         self.history.assign(tf.constant(table, tf.int32))
 
-    def extra_inputs(self, inputs, training):
-        if self.history is None:
-            return []
+    def pooled_history(self, inputs) -> tf.Tensor:
+        """[B, E]: the mean embedding of each user's training movies (zeros for none)."""
         ids = tf.gather(self.history, inputs[self.id_feature["name"]])  # [B, H]
         if LEAVE_OUT in inputs:  # training: a rating never sees its own movie in the history (FISM)
             ids = tf.where(tf.equal(ids, tf.cast(inputs[LEAVE_OUT], ids.dtype)[:, None]), HISTORY_PAD, ids)
-        return [masked_mean(self.history_embedding(ids), ids, HISTORY_PAD)]
+        return masked_mean(self.history_embedding(ids), ids, HISTORY_PAD)
+
+    def extra_inputs(self, inputs, training):
+        return [] if self.history is None else [self.pooled_history(inputs)]
 
 
 class TitleCNN(keras.layers.Layer):
@@ -202,14 +204,15 @@ class RatingNetwork(RecModel):
     rates = True
     default_validation_metric = RMSE
     shape_keys = ("kind", "embedding_dim", "hidden_units", "output_dim", "title_kernel_heights", "title_filters",
-                  "id_bias", "user_history_length", "retrieval_dim")
+                  "id_bias", "user_history_length", "retrieval_dim", "history_retrieval")
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:
         """score ``[u, b_u, 1]`` D+2; rank ``[u, u_r, 1]`` D+R+1 with the retrieval loss, else the score;
         similarity ``m`` D."""
         out = cfg.output_dim
-        rank = out + cfg.retrieval_dim + 1 if cfg.retrieval_weight > 0 else out + 2
+        fism = cfg.embedding_dim if cfg.history_retrieval and cfg.user_history_length > 0 else 0
+        rank = out + cfg.retrieval_dim + fism + 1 if cfg.retrieval_weight > 0 else out + 2
         return {"score": out + 2, "rank": rank, "similarity": out}
 
     def __init__(self, spec: dict, stats: dict, cfg: ModelConfig):
@@ -223,6 +226,10 @@ class RatingNetwork(RecModel):
         # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss
         self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
                                                   name="movie_prior")
+        # FISM term of the top-k score: <pooled history of the user, q_m> (model.history_retrieval)
+        self.history_target = keras.layers.Embedding(movie_id["vocab_size"], cfg.embedding_dim, name="history_target",
+                                                     embeddings_regularizer=_reg(cfg)) \
+            if cfg.history_retrieval and cfg.user_history_length > 0 else None  # built whatever the weight (resume)
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
 
     @property
@@ -240,6 +247,11 @@ class RatingNetwork(RecModel):
     @property
     def retrieval(self) -> bool:
         return self.cfg.retrieval_weight > 0
+
+    @property
+    def fism(self) -> bool:
+        """The top-k score has the FISM term <pooled history, q_m> (history_retrieval with a history)."""
+        return self.cfg.history_retrieval and self.cfg.user_history_length > 0 and self.cfg.retrieval_weight > 0
 
     def divergence_knobs(self) -> list[str]:
         knobs = [f"model.l2 ({self.cfg.l2:g})"]
@@ -259,6 +271,8 @@ class RatingNetwork(RecModel):
         u, b_u, u_r = (f32(t) for t in self.user_tower.heads(x, training=training))
         one = tf.ones_like(b_u)[:, None]
         score = tf.concat([u, b_u[:, None], one], axis=-1)
+        if self.fism:
+            u_r = tf.concat([u_r, f32(self.user_tower.pooled_history(x))], axis=-1)
         rank = tf.concat([u, u_r, one], axis=-1) if self.retrieval else score
         return {"score": score, "rank": rank}
 
@@ -268,6 +282,8 @@ class RatingNetwork(RecModel):
         score = tf.concat([m, tf.ones_like(b_m)[:, None], b_m[:, None]], axis=-1)
         if self.retrieval:
             prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
+            if self.fism:
+                m_r = tf.concat([m_r, f32(self.history_target(x["movie_id"]))], axis=-1)
             rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
         else:
             rank = score
@@ -278,6 +294,8 @@ class RatingNetwork(RecModel):
         self.user_vectors(x)
         self.movie_vectors(x)
         self.movie_prior(x["movie_id"])  # the prior exists (and is checkpointed) whatever the weight
+        if self.history_target is not None:
+            self.history_target(x["movie_id"])
 
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);

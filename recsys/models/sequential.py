@@ -15,9 +15,10 @@ training split; validation and test ratings never enter). A training example ``(
 sees only u's training ratings with a timestamp strictly before ``t`` (ratings of the same
 second are not "before": a tie never leaks), looked up in the graph by the pair (prepare
 keeps one rating per pair). Served and evaluated user vectors read the user's latest
-``history_length`` training ratings: the state after the whole training period, so on the
-temporal split (``prepare.split.strategy: temporal``, every test rating after every training
-rating of its user) the evaluation is exactly next-items prediction.
+``history_length`` training ratings: the state after the whole training period. On the
+temporal split (``prepare.split.strategy: temporal``: per user, training ratings, then the
+validation ratings, then the test ratings, in time) the test is next-items prediction after a
+gap, the validation period, whose ratings no history holds.
 
 Memory: the serving table [user vocab, L+1] int32 travels in the checkpoint (a non-trainable
 weight); the training lookup holds 16 bytes per training rating on every rank (a sorted
@@ -51,7 +52,7 @@ def time_ordered_histories(user_idx, movie_idx, timestamp, user_vocab: int, movi
         sequence [N] int32: every rating's movie, by user then time (ties by movie id);
         user_end [user vocab + 1] int64: user u's ratings are ``sequence[user_end[u]:user_end[u + 1]]``;
         keys [N] int64: the sorted pair keys ``user * movie_vocab + movie``;
-        cut [N] int64: for ``keys[i]``'s rating, the end (exclusive, in ``sequence``) of the ratings
+        cut [N] int32: for ``keys[i]``'s rating, the end (exclusive, in ``sequence``) of the ratings
         its user made strictly before it: the ratings of the same second are left out.
     """
     user = np.asarray(user_idx, np.int64)
@@ -68,7 +69,7 @@ def time_ordered_histories(user_idx, movie_idx, timestamp, user_vocab: int, movi
     by_key = np.argsort(keys, kind="stable")
     counts = np.bincount(user, minlength=user_vocab)
     return {"sequence": movie.astype(np.int32), "user_end": np.r_[0, np.cumsum(counts)].astype(np.int64),
-            "keys": keys[by_key], "cut": run_start[by_key].astype(np.int64)}
+            "keys": keys[by_key], "cut": run_start[by_key].astype(np.int32)}
 
 
 class SequentialGRU(IdModel):
@@ -142,11 +143,12 @@ class SequentialGRU(IdModel):
         key = users * self.movie_vocab + movies
         pos = tf.minimum(tf.searchsorted(keys, key, out_type=tf.int64), tf.size(keys, out_type=tf.int64) - 1)
         found = tf.equal(tf.gather(keys, pos), key)
-        return tf.where(found, tf.gather(cut, pos), tf.gather(self.lookup["user_end"], users))
+        return tf.where(found, tf.cast(tf.gather(cut, pos), tf.int64), tf.gather(self.lookup["user_end"], users))
 
     def _user_from_history(self, history: tf.Tensor, training: bool) -> tf.Tensor:
         """u [B, E] from histories [B, L + 1] (start token first, right-padded)."""
-        mask = tf.not_equal(history, PAD_ID)
+        # the start token's step always runs (a table not yet loaded is all padding: no empty sequence for cuDNN)
+        mask = tf.not_equal(history, PAD_ID) | (tf.range(tf.shape(history)[1]) == 0)[None]
         state = self.gru(self.dropout(self.input_embedding(history), training=training), mask=mask, training=training)
         return f32(self.project(state))
 
