@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.features import FIRST_ID  # noqa: E402
-from recsys.models.contract import NDCG, IdModel, f32  # noqa: E402
+from recsys.models.contract import NDCG, IdModel, biased_movie_vectors, biased_user_vectors, f32  # noqa: E402
 
 
 class BPRMF(IdModel):
@@ -62,15 +62,11 @@ class BPRMF(IdModel):
 
     def user_vectors(self, x, training=False):
         """score = rank = ``[u, 1]`` [B, F+1]."""
-        u = self._user(x["user_id"])
-        v = tf.concat([u, tf.ones_like(u[:, :1])], axis=-1)
-        return {"score": v, "rank": v}
+        return biased_user_vectors(self._user(x["user_id"]))
 
     def movie_vectors(self, x, training=False):
         """score = rank = ``[m, b_m]`` [B, F+1]; similarity ``m``."""
-        m, b = self._movie(x["movie_id"])
-        v = tf.concat([m, b[:, None]], axis=-1)
-        return {"score": v, "rank": v, "similarity": m}
+        return biased_movie_vectors(*self._movie(x["movie_id"]))
 
     def divergence_knobs(self) -> list[str]:
         return [f"model.bpr.l2 ({self.cfg.bpr.l2:g})"]

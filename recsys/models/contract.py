@@ -196,6 +196,19 @@ class IdModel(RecModel):
         return tf.cast(ids >= FIRST_ID, tf.float32)
 
 
+def biased_user_vectors(u: tf.Tensor) -> dict[str, tf.Tensor]:
+    """score = rank = ``[u, 1]`` [B, F+1]: with :func:`biased_movie_vectors`, the inner product is
+    ``<u, m> + b_m`` (BPR-MF, the sequential model)."""
+    v = tf.concat([u, tf.ones_like(u[:, :1])], axis=-1)
+    return {"score": v, "rank": v}
+
+
+def biased_movie_vectors(m: tf.Tensor, b: tf.Tensor) -> dict[str, tf.Tensor]:
+    """score = rank = ``[m, b_m]`` [B, F+1] (``b`` [B]); similarity ``m``."""
+    v = tf.concat([m, b[:, None]], axis=-1)
+    return {"score": v, "rank": v, "similarity": m}
+
+
 def f32(tensors):
     """Scores, logits and losses are computed in float32 whatever the compute policy (the towers may
     compute in float16 or bfloat16): every floating tensor of ``tensors`` cast to float32."""

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from recsys.features import OOV_ID, PAD_ID  # noqa: E402
-from recsys.models.contract import NDCG, IdModel, f32  # noqa: E402
+from recsys.models.contract import NDCG, IdModel, biased_movie_vectors, biased_user_vectors, f32  # noqa: E402
 
 START = OOV_ID  # the start token of every sequence: no training movie has the OOV id
 
@@ -158,15 +158,11 @@ class SequentialGRU(IdModel):
 
     def user_vectors(self, x, training=False):
         """score = rank ``[u, 1]`` [B, E+1], u from the user's latest training movies."""
-        u = self._user_from_history(tf.gather(self.history, x["user_id"]), training)
-        v = tf.concat([u, tf.ones_like(u[:, :1])], axis=-1)
-        return {"score": v, "rank": v}
+        return biased_user_vectors(self._user_from_history(tf.gather(self.history, x["user_id"]), training))
 
     def movie_vectors(self, x, training=False):
         """score = rank ``[m, b_m]`` [B, E+1]; similarity ``m``."""
-        m, b = self._movie(x["movie_id"])
-        v = tf.concat([m, b[:, None]], axis=-1)
-        return {"score": v, "rank": v, "similarity": m}
+        return biased_movie_vectors(*self._movie(x["movie_id"]))
 
     def divergence_knobs(self) -> list[str]:
         s = self.cfg.sequential
@@ -180,9 +176,9 @@ class SequentialGRU(IdModel):
         s = self.cfg.sequential
         users, movies = x["user_id"], x["movie_id"]
         u = self._user_from_history(self.histories(users, self.training_ends(users, movies)), training=True)
-        m, b = self._movie(movies)
-        out = {"next_item": retrieval_loss(tf.concat([u, tf.ones_like(u[:, :1])], -1), tf.concat([m, b[:, None]], -1),
-                                           movies, tf.gather(self.log_q, movies), s.temperature, s.group_size)}
+        user_rank, movie_rank = biased_user_vectors(u)["rank"], biased_movie_vectors(*self._movie(movies))["rank"]
+        out = {"next_item": retrieval_loss(user_rank, movie_rank, movies, tf.gather(self.log_q, movies),
+                                           s.temperature, s.group_size)}
         if self.losses:
             out["regularization"] = tf.add_n([f32(t) for t in self.losses])
         return out
