@@ -82,9 +82,15 @@ class BPRMF(IdModel):
         m_j, b_j = self._movie(neg)  # [B, N, F], [B, N]
         x_ui = tf.reduce_sum(u * m_i, -1) + b_i  # [B]
         x_uj = tf.einsum("bf,bnf->bn", u, m_j) + b_j  # [B, N]
-        count = tf.maximum(tf.reduce_sum(weight), 1.0)
-        pairwise = tf.reduce_mean(tf.nn.softplus(-(x_ui[:, None] - x_uj)), axis=-1)  # [B]
         norms = (tf.reduce_sum(tf.square(u), -1) + tf.reduce_sum(tf.square(m_i), -1) + tf.square(b_i)
                  + tf.reduce_mean(tf.reduce_sum(tf.square(m_j), -1) + tf.square(b_j), -1))
-        return {"bpr": tf.reduce_sum(weight * pairwise) / count,
-                "l2": cfg.l2 * tf.reduce_sum(weight * norms) / count}
+        return bpr_losses(x_ui, x_uj, norms, weight, cfg.l2)
+
+
+def bpr_losses(x_ui: tf.Tensor, x_uj: tf.Tensor, norms: tf.Tensor, weight: tf.Tensor, l2: float) -> dict:
+    """BPR's two losses over the positives (``weight`` [B], 1 for a positive): ``bpr``, the mean over
+    positives of the mean over negatives of softplus(-(x_ui - x_uj)) (``x_ui`` [B], ``x_uj`` [B, N]);
+    ``l2``, ``l2`` times the mean over positives of ``norms`` [B] (the squared rows looked up)."""
+    count = tf.maximum(tf.reduce_sum(weight), 1.0)
+    pairwise = tf.reduce_mean(tf.nn.softplus(-(x_ui[:, None] - x_uj)), axis=-1)  # [B]
+    return {"bpr": tf.reduce_sum(weight * pairwise) / count, "l2": l2 * tf.reduce_sum(weight * norms) / count}

@@ -41,6 +41,7 @@ import tf_keras as keras  # noqa: E402
 
 from recsys.errors import ArtifactError  # noqa: E402
 from recsys.features import FIRST_ID  # noqa: E402
+from recsys.models.bpr import bpr_losses  # noqa: E402
 from recsys.models.contract import NDCG, IdModel, f32  # noqa: E402
 
 BYTES_PER_DIRECTED_EDGE = 20  # int64 row, int64 column, float32 weight
@@ -92,19 +93,19 @@ class LightGCN(IdModel):
         self.adjacency = None  # tf.SparseTensor [users + movies, users + movies], set by prepare()
 
     def prepare(self, prepared: Path) -> None:
-        import pyarrow.parquet as pq
+        from recsys.models.data import training_ratings
 
         g = self.cfg.lightgcn
-        t = pq.read_table(Path(prepared) / "ratings_train", columns=["user_idx", "movie_idx", "rating"])
-        keep = t.column("rating").to_numpy() >= g.positive_min_rating
+        t = training_ratings(prepared, ["user_idx", "movie_idx", "rating"])
+        keep = t["rating"] >= g.positive_min_rating
         edges = int(keep.sum())
         if edges > g.max_edges:
             raise ArtifactError(
                 f"model.kind=lightgcn: the training graph has {edges:,} edges, above model.lightgcn.max_edges "
                 f"({g.max_edges:,}); every rank would hold {2 * edges * BYTES_PER_DIRECTED_EDGE / 2**30:.1f} GiB "
                 f"of graph and propagate over all of it every step (raise the limit, or pick another model.kind)")
-        indices, values = normalised_adjacency(t.column("user_idx").to_numpy()[keep],
-                                               t.column("movie_idx").to_numpy()[keep], self.user_vocab, self.movie_vocab)
+        indices, values = normalised_adjacency(t["user_idx"][keep], t["movie_idx"][keep], self.user_vocab,
+                                               self.movie_vocab)
         n = self.user_vocab + self.movie_vocab
         self.adjacency = tf.SparseTensor(indices, values, [n, n])
 
@@ -158,11 +159,8 @@ class LightGCN(IdModel):
         u, m_i, m_j = tf.gather(e_u, users), tf.gather(e_m, pos), tf.gather(e_m, neg)  # [B, F], [B, F], [B, N, F]
         x_ui = tf.reduce_sum(u * m_i, -1)  # [B]
         x_uj = tf.einsum("bf,bnf->bn", u, m_j)  # [B, N]
-        count = tf.maximum(tf.reduce_sum(weight), 1.0)
-        pairwise = tf.reduce_mean(tf.nn.softplus(-(x_ui[:, None] - x_uj)), axis=-1)  # [B]
         u0 = f32(self.user_embedding(users))
         m0_i, m0_j = f32(self.movie_embedding(pos)), f32(self.movie_embedding(neg))
         norms = (tf.reduce_sum(tf.square(u0), -1) + tf.reduce_sum(tf.square(m0_i), -1)
                  + tf.reduce_mean(tf.reduce_sum(tf.square(m0_j), -1), -1))
-        return {"bpr": tf.reduce_sum(weight * pairwise) / count,
-                "l2": g.l2 * tf.reduce_sum(weight * norms) / count}
+        return bpr_losses(x_ui, x_uj, norms, weight, g.l2)

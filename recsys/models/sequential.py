@@ -111,17 +111,15 @@ class SequentialGRU(IdModel):
         self.log_q = None
 
     def prepare(self, prepared: Path) -> None:
-        import pyarrow.parquet as pq
+        from recsys.models.data import movie_log_sampling_probability, training_ratings
 
-        from recsys.models.data import movie_log_sampling_probability
-
-        t = pq.read_table(Path(prepared) / "ratings_train", columns=["user_idx", "movie_idx", "timestamp"])
-        lookup = time_ordered_histories(t.column("user_idx").to_numpy(), t.column("movie_idx").to_numpy(),
-                                        t.column("timestamp").to_numpy(), self.user_vocab, self.movie_vocab)
+        t = training_ratings(prepared, ["user_idx", "movie_idx", "timestamp"])
+        lookup = time_ordered_histories(t["user_idx"], t["movie_idx"], t["timestamp"], self.user_vocab, self.movie_vocab)
         self.lookup = {k: tf.constant(v) for k, v in lookup.items()}
         users = np.arange(self.user_vocab, dtype=np.int64)
         self.history.assign(self.histories(tf.constant(users), tf.constant(lookup["user_end"][1:])))
-        self.log_q = tf.constant(movie_log_sampling_probability(prepared, self.spec["features"]), tf.float32)
+        self.log_q = tf.constant(movie_log_sampling_probability(prepared, self.spec["features"], t["movie_idx"]),
+                                 tf.float32)
 
     def histories(self, users: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
         """[B, L + 1] int32: the start token, then user ``users[b]``'s training movies in
