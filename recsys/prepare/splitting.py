@@ -69,11 +69,11 @@ def assign_splits(spark, rows, strategy: str, test_fraction: float, seed: int,
         wn = Window.partitionBy("user_id", normal.alias("_normal"))
         df = df.withColumn("_rank", F.row_number().over(w)).withColumn("_n", F.count("*").over(wn))
         n_test = F.round(F.col("_n") * test_fraction)
-        regular = F.when(F.col("_rank") <= n_test, "test").otherwise("train")
+        regular = F.when(F.col("_rank") <= n_test, "test")
         if strategy == "temporal":  # validation: the latest share of what remains, so train < valid < test in time
-            n_valid = F.round((F.col("_n") - n_test) * validation_fraction)
-            regular = F.when(F.col("_rank") <= n_test + n_valid, F.when(F.col("_rank") <= n_test, "test")
-                             .otherwise("valid")).otherwise("train")
+            regular = regular.when(F.col("_rank") <= n_test + F.round((F.col("_n") - n_test) * validation_fraction),
+                                   "valid")
+        regular = regular.otherwise("train")
     else:  # pragma: no cover - the config validates the choice
         raise ValueError(strategy)
     if strategy != "temporal":  # validation: a seeded-hash share of what would otherwise be training data
