@@ -265,6 +265,10 @@ class ModelConfig:
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
     retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
+    # the retrieval softmax's negatives: the group's other movies (in_batch, logQ-corrected) or every
+    # training movie of the catalog (catalog: exact softmax; batch x catalog logits per step)
+    retrieval_negatives: str = field(default="in_batch", metadata=_choices("in_batch", "catalog"))
+    retrieval_catalog_max: int = 20000  # catalog negatives: a larger training catalog stops before training
     unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     neumf: NeuMFConfig = field(default_factory=NeuMFConfig)
@@ -631,6 +635,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.train.validation_users >= 1, "train.validation_users", "must be at least 1"),
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
         (cfg.model.retrieval_group_size >= 1, "model.retrieval_group_size", "must be at least 1 (examples per group)"),
+        (cfg.model.retrieval_catalog_max >= 1, "model.retrieval_catalog_max", "must be at least 1 (movies)"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.models.rating_network import retrieval_loss
+from recsys.models.rating_network import catalog_retrieval_loss, retrieval_loss
 
 TEMPERATURE = 0.1
 
@@ -92,3 +92,14 @@ def test_gradients_reach_only_the_own_group():
     with tf.GradientTape() as tape:
         first = retrieval_loss(u[:4], m[:4], ids[:4], log_q[:4], TEMPERATURE)
     np.testing.assert_allclose(grad[:4], tape.gradient(first, m).numpy()[:4] / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_catalog_loss_is_the_softmax_over_every_catalog_movie():
+    """``model.retrieval_negatives: catalog``: log-sum-exp over all M catalog movies minus the
+    positive's logit, no sampling correction, averaged over the batch."""
+    rng = np.random.default_rng(3)
+    u, catalog = rng.normal(0, 0.3, (5, 4)).astype(np.float32), rng.normal(0, 0.3, (7, 4)).astype(np.float32)
+    rows = np.array([0, 6, 3, 3, 1], np.int32)  # the catalog row of each example's movie
+    logits = u.astype(np.float64) @ catalog.T.astype(np.float64) / TEMPERATURE
+    expected = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(5), rows])
+    assert float(catalog_retrieval_loss(*_tf(u, catalog, rows), TEMPERATURE)) == pytest.approx(expected, rel=1e-5)

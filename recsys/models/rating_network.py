@@ -231,6 +231,9 @@ class RatingNetwork(RecModel):
                                                      embeddings_regularizer=_reg(cfg)) \
             if cfg.history_retrieval and cfg.user_history_length > 0 else None  # built whatever the weight (resume)
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
+        # retrieval_negatives=catalog: every training movie's encoded features ({name: [M, ...]}) and the
+        # catalog row of each movie id ([movie vocab]), set by prepare()
+        self.catalog = self.catalog_row = None
 
     @property
     def user_features(self) -> list[str]:
@@ -265,6 +268,33 @@ class RatingNetwork(RecModel):
             self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
         if self.retrieval:
             self.log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
+        if self.retrieval and self.cfg.retrieval_negatives == "catalog":
+            self.catalog, self.catalog_row = self._training_catalog(prepared)
+
+    def _training_catalog(self, prepared: Path):
+        """({feature: [M, ...] int64 tensor}, [movie vocab] int32 row of each id): the encoded
+        features of the M movies with a training id (the movie vocabulary less padding and OOV)."""
+        import numpy as np
+        import pandas as pd
+
+        from recsys.errors import ConfigError
+        from recsys.features import OOV_ID, encoded_columns
+
+        vocab = self.feature_defs["movie_id"]["vocab_size"]
+        enc = encoded_columns(pd.read_parquet(Path(prepared) / "movies.parquet"), self.movie_features)
+        _, first = np.unique(enc["movie_id"], return_index=True)
+        keep = np.sort(first[enc["movie_id"][first] > OOV_ID])  # one row per training movie id
+        if len(keep) > self.cfg.retrieval_catalog_max:
+            raise ConfigError(f"model.retrieval_negatives=catalog: {len(keep):,} training movies is above "
+                              f"model.retrieval_catalog_max ({self.cfg.retrieval_catalog_max:,}); each step would "
+                              f"score batch x catalog logits. Use model.retrieval_negatives=in_batch or raise the limit")
+        row = np.full(vocab, -1, np.int32)
+        row[enc["movie_id"][keep]] = np.arange(len(keep), dtype=np.int32)
+        missing = np.flatnonzero(row[OOV_ID + 1:] < 0)
+        if len(missing):
+            raise ConfigError(f"{prepared}/movies.parquet: {len(missing)} training movie ids have no row "
+                              f"(e.g. encoded id {missing[0] + OOV_ID + 1}); prepare the data again")
+        return {k: tf.constant(v[keep]) for k, v in enc.items()}, tf.constant(row)
 
     def user_vectors(self, x, training=False):
         """score ``[u, b_u, 1]`` [B, D+2]; rank ``[u, u_r, 1]`` [B, D+R+1] (the score vector without retrieval)."""
@@ -304,10 +334,18 @@ class RatingNetwork(RecModel):
             uv = self.user_vectors({**x, LEAVE_OUT: x["movie_id"]}, training=True)
         else:
             uv = self._per_unique(self.user_vectors, x, self.user_tower.id_feature, self.user_features)
-        mv = self._per_unique(self.movie_vectors, x, self.movie_tower.id_feature, self.movie_features)
+        if self.catalog is not None:  # one tower pass over the catalog; the batch's movies gathered from it
+            rows = tf.gather(self.catalog_row, x["movie_id"])
+            catalog = self.movie_vectors(self.catalog, training=True)
+            mv = {k: tf.gather(v, rows) for k, v in catalog.items()}
+        else:
+            mv = self._per_unique(self.movie_vectors, x, self.movie_tower.id_feature, self.movie_features)
         pred = self.mu + tf.reduce_sum(uv["score"] * mv["score"], axis=-1)
         out = {"rating": tf.reduce_mean(tf.square(pred - f32(y)))}
-        if self.retrieval:
+        if self.catalog is not None:
+            out["retrieval"] = self.cfg.retrieval_weight * catalog_retrieval_loss(
+                uv["rank"], catalog["rank"], rows, self.cfg.retrieval_temperature)
+        elif self.retrieval:
             ids = x["movie_id"]
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
                 uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature,
@@ -375,6 +413,24 @@ def retrieval_loss(user_rank: tf.Tensor, movie_rank: tf.Tensor, movie_ids: tf.Te
         movie_ids = tf.pad(movie_ids, [[0, pad]])
         valid = tf.reshape(tf.range(n + pad) < n, [-1, group_size])
     return _softmax_block(*_folded(user_rank, movie_rank, log_q, temperature, movie_ids, -1, group_size), valid)
+
+
+def catalog_retrieval_loss(user_rank: tf.Tensor, catalog_rank: tf.Tensor, rows: tf.Tensor,
+                           temperature: float) -> tf.Tensor:
+    """Exact softmax over the whole training catalog (``model.retrieval_negatives: catalog``).
+
+    Each user's rated movie is the positive and every other catalog movie a negative, so no
+    sampling correction is needed: the logit ``<[u, u_r, 1], [m, m_r, T c_m]> / T`` estimates
+    log p(m | u) up to a constant. Cost: a [B, M] block of logits per step, linear in the batch B
+    and bounded by ``model.retrieval_catalog_max`` movies M.
+
+    Args:
+        user_rank: [B, R] rank vectors of the batch's users; catalog_rank: [M, R] of the catalog.
+        rows: [B] the catalog row of each example's movie.
+    Returns: scalar float32, the mean cross-entropy over the batch.
+    """
+    logits = tf.matmul(user_rank / temperature, catalog_rank, transpose_b=True)  # [B, M]
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits))
 
 
 def _folded(user_rank, movie_rank, log_q, temperature, movie_ids, groups, group_size):
