@@ -117,6 +117,7 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     ("model.retrieval_temperature=0", "model.retrieval_temperature"),
     ("synth.noise=0", "synth.noise"),
     ("model.retrieval_group_size=0", "model.retrieval_group_size"),
+    ("model.retrieval_catalog_max=0", "model.retrieval_catalog_max"),
     ("train.finite_check_steps=0", "train.finite_check_steps"),
     ("train.warmup_epochs=-2", "train.warmup_epochs"),
     ("prepare.min_ratings_per_user=-5", "prepare.min_ratings_per_user"),
@@ -137,6 +138,15 @@ def test_nonsense_values_are_one_error_line_at_config_time(override, key):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("other", ["model.retrieval_weight=0", "model.embedding_l2=1e-4"])
+def test_catalog_negatives_need_the_retrieval_loss_and_no_per_example_l2(other):
+    """Catalog negatives would be ignored without the retrieval loss, and would turn the per-example
+    embedding L2 into a per-catalog-movie one: both stop at config time."""
+    load_config(ROOT / "conf/ml-100k.yaml", ["model.retrieval_negatives=catalog"])  # alone: fine
+    with pytest.raises(ConfigError, match=f"key 'model.retrieval_negatives'.*{other.split('=')[0]}"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.retrieval_negatives=catalog", other])
 
 
 def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():

@@ -1,6 +1,7 @@
 """The rating network's retrieval loss (in-batch softmax, logQ-corrected, in groups) against a
 numpy reference written from the formula: per user, log-sum-exp over the group's movies that are
-not the same movie as the positive elsewhere in the group, minus the positive's logit."""
+not the same movie as the positive elsewhere in the group, minus the positive's logit. Also the
+exact softmax over the training catalog (``model.retrieval_negatives: catalog``) and its catalog."""
 
 from __future__ import annotations
 
@@ -103,3 +104,95 @@ def test_catalog_loss_is_the_softmax_over_every_catalog_movie():
     logits = u.astype(np.float64) @ catalog.T.astype(np.float64) / TEMPERATURE
     expected = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(5), rows])
     assert float(catalog_retrieval_loss(*_tf(u, catalog, rows), TEMPERATURE)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_data):
+    """The catalog of ``model.retrieval_negatives: catalog`` is the prepared movies table's rows
+    with a training id, each id once, and every training id maps to its own row; a catalog above
+    ``model.retrieval_catalog_max`` stops with one line naming both."""
+    import json
+
+    import pandas as pd
+
+    from recsys.config import load_config
+    from recsys.errors import ConfigError
+    from recsys.features import OOV_ID, encoded_columns
+    from recsys.models import build_model
+    from tests.conftest import ROOT
+
+    base, overrides = train_data
+    prepared = base / "prepared"
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    cfg = load_config(ROOT / "conf/default.yaml", overrides + ["model.retrieval_negatives=catalog"]).model
+    model = build_model(manifest["features"], manifest["stats"], cfg)
+    model.prepare(prepared)
+    catalog_ids = model.catalog["movie_id"].numpy()
+    train_ids = np.unique(pd.read_parquet(prepared / "ratings_train", columns=["movie_idx"]).movie_idx)
+    assert sorted(catalog_ids.tolist()) == train_ids.tolist()  # every training movie, once, no OOV row
+    row = model.catalog_row.numpy()
+    np.testing.assert_array_equal(catalog_ids[row[train_ids]], train_ids)
+    movies = pd.read_parquet(prepared / "movies.parquet")
+    enc = encoded_columns(movies, ["movie_id", "title_words"])
+    first = {int(m): i for i, m in reversed(list(enumerate(enc["movie_id"])))}  # a movie's features, from its id
+    some = train_ids[:5]
+    np.testing.assert_array_equal(model.catalog["title_words"].numpy()[row[some]],
+                                  enc["title_words"][[first[int(m)] for m in some]])
+    assert OOV_ID not in catalog_ids
+
+    # the losses: the batch's movie vectors gathered from the catalog pass are the ones the towers
+    # give the batch (the rating loss is unchanged), and the retrieval loss is the softmax over it
+    import tensorflow as tf
+
+    from recsys.prepare.tfrecords import read_shards
+
+    cfg.dropout = 0.0  # deterministic towers, so the two passes can be compared
+    model = build_model(manifest["features"], manifest["stats"], cfg)
+    model.prepare(prepared)
+    data = read_shards([str(prepared / s["path"]) for s in manifest["splits"]["train"]["shards"]],
+                       manifest["features"]["features"])
+    x = {k: tf.constant(v[:48]) for k, v in data.items() if k != "rating"}
+    y = tf.constant(data["rating"][:48])
+    losses = {k: float(v) for k, v in model.named_losses(x, y).items()}
+    user_rank = model.user_vectors(x)["rank"].numpy().astype(np.float64)
+    catalog_rank = model.movie_vectors(model.catalog)["rank"].numpy().astype(np.float64)
+    logits = user_rank @ catalog_rank.T / cfg.retrieval_temperature
+    positive = logits[np.arange(48), row[x["movie_id"].numpy()]]
+    expected = cfg.retrieval_weight * np.mean(np.log(np.exp(logits).sum(1)) - positive)
+    assert losses["retrieval"] == pytest.approx(expected, rel=1e-4)
+    model.catalog = None  # the same weights with in-batch negatives: the same rating loss
+    assert float(model.named_losses(x, y)["rating"]) == pytest.approx(losses["rating"], rel=1e-5)
+
+    # a movies table that lacks a training movie is a damaged artifact: one line naming the id
+    from recsys.errors import ArtifactError
+
+    damaged = base / "damaged-movies"
+    damaged.mkdir(exist_ok=True)
+    movies[enc["movie_id"] != train_ids[0]].to_parquet(damaged / "movies.parquet")
+    with pytest.raises(ArtifactError, match=rf"has no row for 1 training movie id\(s\) \(e\.g\. encoded id {train_ids[0]}\)"):
+        model._training_catalog(damaged)
+
+    cfg.retrieval_catalog_max = len(train_ids) - 1
+    with pytest.raises(ConfigError, match=rf"{len(train_ids):,} training movies is above model\.retrieval_catalog_max"):
+        build_model(manifest["features"], manifest["stats"], cfg).prepare(prepared)
+
+
+@pytest.mark.slow
+def test_catalog_negatives_train_at_two_ranks_under_xla(train_data, tmp_path):
+    """``model.retrieval_negatives: catalog`` under horovodrun -np 2 with train.xla: the catalog
+    pass compiles (its shapes are static), its gradients reach Horovod's allreduce, and the
+    retrieval loss falls."""
+    import json
+    import subprocess
+
+    from tests.conftest import ENV, train_cmd
+
+    _, overrides = train_data
+    model_dir = tmp_path / "catalog"
+    cmd = train_cmd(overrides, 2, model_dir, "--set", "model.retrieval_negatives=catalog", "--set", "train.xla=true",
+                    "--set", "train.epochs=3", "--set", "train.early_stopping_patience=3")
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((model_dir / "model.json").read_text())
+    assert summary["ranks"] == 2 and summary["config"]["model"]["retrieval_negatives"] == "catalog"
+    retrieval = [h["train_retrieval"] for h in summary["history"]]
+    assert len(retrieval) == 3 and np.isfinite(retrieval).all() and retrieval[-1] < retrieval[0], retrieval

@@ -10,7 +10,7 @@ score vectors ``[u, b_u, 1]`` and ``[m, 1, b_m]``) and nowhere else: the contrac
 score vectors returns exactly the movies with the highest predicted rating.
 
 With the joint retrieval objective (``model.retrieval_weight > 0``) top-k lists rank by
-``<[u, u_r, 1], [m, m_r, T * c_m]> = T * ((<u, m> + <u_r, m_r>) / T + c_m)``: the in-batch
+``<[u, u_r, 1], [m, m_r, T * c_m]> = T * ((<u, m> + <u_r, m_r>) / T + c_m)``: the retrieval
 softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only dimensions, ``c_m``: a
 learnt per-movie prior). Every width comes from ``ModelConfig``; every vocabulary size from the
 manifest's feature spec.
@@ -277,7 +277,7 @@ class RatingNetwork(RecModel):
         import numpy as np
         import pandas as pd
 
-        from recsys.errors import ConfigError
+        from recsys.errors import ArtifactError, ConfigError
         from recsys.features import OOV_ID, encoded_columns
 
         vocab = self.feature_defs["movie_id"]["vocab_size"]
@@ -292,8 +292,8 @@ class RatingNetwork(RecModel):
         row[enc["movie_id"][keep]] = np.arange(len(keep), dtype=np.int32)
         missing = np.flatnonzero(row[OOV_ID + 1:] < 0)
         if len(missing):
-            raise ConfigError(f"{prepared}/movies.parquet: {len(missing)} training movie ids have no row "
-                              f"(e.g. encoded id {missing[0] + OOV_ID + 1}); prepare the data again")
+            raise ArtifactError(f"{prepared}/movies.parquet has no row for {len(missing):,} training movie id(s) "
+                                f"(e.g. encoded id {missing[0] + OOV_ID + 1}); prepare the data again")
         return {k: tf.constant(v[keep]) for k, v in enc.items()}, tf.constant(row)
 
     def user_vectors(self, x, training=False):
@@ -328,8 +328,8 @@ class RatingNetwork(RecModel):
             self.history_target(x["movie_id"])
 
     def named_losses(self, x, y):
-        """rating: MSE of the predicted rating; retrieval: the weighted in-batch softmax (when on);
-        regularization: the layers' L2 terms."""
+        """rating: MSE of the predicted rating; retrieval: the weighted softmax over in-batch or
+        catalog negatives (when on); regularization: the layers' L2 terms."""
         if self.user_tower.history is not None:  # the movie rated is left out of its user's history: per example
             uv = self.user_vectors({**x, LEAVE_OUT: x["movie_id"]}, training=True)
         else:
