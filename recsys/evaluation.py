@@ -357,21 +357,13 @@ class SparkALS(Recommender):
         self.master, self.driver_memory = master, driver_memory
 
     def fit(self, data):
-        from pyspark.ml.recommendation import ALS
+        from recsys.spark import als_factors
 
-        from recsys.spark import get_spark
-
-        spark = get_spark("recsys-evaluate-als", self.master, self.driver_memory, 4)
-        df = spark.createDataFrame(data.train.astype({"u": "int32", "m": "int32", "rating": "float32"}))
-        model = ALS(rank=self.rank, regParam=self.reg, maxIter=self.iters, userCol="u", itemCol="m",
-                    ratingCol="rating", seed=self.seed, coldStartStrategy="nan").fit(df)
+        frame = data.train.astype({"u": "int32", "m": "int32", "rating": "float32"})
+        self.U, self.V, self.has_u, self.has_m = als_factors(
+            frame, data.n_users, data.n_movies, self.master, self.driver_memory, rank=self.rank, regParam=self.reg,
+            maxIter=self.iters, userCol="u", itemCol="m", ratingCol="rating", seed=self.seed, coldStartStrategy="nan")
         self.mu = data.train.rating.mean()
-        self.U = np.zeros((data.n_users, self.rank)); self.V = np.zeros((data.n_movies, self.rank))
-        self.has_u = np.zeros(data.n_users, bool); self.has_m = np.zeros(data.n_movies, bool)
-        for r in model.userFactors.collect():
-            self.U[r.id] = r.features; self.has_u[r.id] = True
-        for r in model.itemFactors.collect():
-            self.V[r.id] = r.features; self.has_m[r.id] = True
         return self
 
     def predict(self, u, m):

@@ -90,3 +90,40 @@ def _quiet_running_jvm() -> None:
     SparkContext._ensure_initialized()  # connects to the spark-submit gateway; launches nothing
     jvm = SparkContext._jvm
     jvm.org.apache.logging.log4j.core.config.Configurator.setAllLevels("", jvm.org.apache.logging.log4j.Level.ERROR)
+
+
+ALS_CHECKPOINT_INTERVAL = 5  # iterations between lineage checkpoints of an ALS fit
+
+
+def als_factors(frame, n_users: int, n_movies: int, master: str, driver_memory: str, **als_params):
+    """Fit Spark MLlib ALS on a pandas ``frame`` of (user row, movie row, value) columns named by
+    ``als_params`` (``userCol``, ``itemCol``, ``ratingCol``, with ``rank`` and the other ALS params).
+
+    Returns ``(U [n_users, rank], V [n_movies, rank], has_u [n_users], has_m [n_movies])``: the
+    factors (zeros for an id without any) and which rows were fitted.
+
+    ALS's RDD lineage grows with every iteration; serialised, a long one overflows the JVM stack
+    (java.lang.StackOverflowError). Spark cuts it every ``checkpointInterval`` iterations, but
+    only with a checkpoint directory: ``spark.checkpoint.dir`` if configured, else in local mode
+    a temporary one removed after the fit (on a cluster, set ``spark.checkpoint.dir`` to shared
+    storage).
+    """
+    import tempfile
+
+    import numpy as np
+    from pyspark.ml.recommendation import ALS
+
+    spark = get_spark("recsys-evaluate-als", master, driver_memory, 4)
+    sc = spark.sparkContext
+    with tempfile.TemporaryDirectory(prefix="recsys-als-checkpoints-") as scratch:
+        if sc.master.startswith("local") and not sc.getConf().contains("spark.checkpoint.dir"):
+            sc.setCheckpointDir(scratch)  # a fresh one per fit: the last one is gone with its fit
+        model = ALS(checkpointInterval=ALS_CHECKPOINT_INTERVAL, **als_params).fit(spark.createDataFrame(frame))
+        rank = als_params["rank"]
+        U, V = np.zeros((n_users, rank)), np.zeros((n_movies, rank))
+        has_u, has_m = np.zeros(n_users, bool), np.zeros(n_movies, bool)
+        for factors, has, rows in ((U, has_u, model.userFactors.collect()), (V, has_m, model.itemFactors.collect())):
+            for r in rows:
+                factors[r.id] = r.features
+                has[r.id] = True
+    return U, V, has_u, has_m

@@ -128,21 +128,16 @@ class ImplicitAls(Recommender):
 
     def fit(self, data):
         import pandas as pd
-        from pyspark.ml.recommendation import ALS
 
-        from recsys.spark import get_spark
+        from recsys.spark import als_factors
 
-        spark = get_spark("recsys-evaluate-als", self.master, self.driver_memory, 4)
         pairs = data.train[["u", "m"]].drop_duplicates()
-        df = spark.createDataFrame(pd.DataFrame({"u": pairs.u.astype("int32"), "m": pairs.m.astype("int32"),
-                                                 "r": np.ones(len(pairs), np.float32)}))
-        model = ALS(rank=self.rank, regParam=self.reg, alpha=self.alpha, maxIter=self.iters, implicitPrefs=True,
-                    userCol="u", itemCol="m", ratingCol="r", seed=self.seed).fit(df)
-        self.U = np.zeros((data.n_users, self.rank)); self.V = np.zeros((data.n_movies, self.rank))
-        for r in model.userFactors.collect():
-            self.U[r.id] = r.features
-        for r in model.itemFactors.collect():
-            self.V[r.id] = r.features
+        frame = pd.DataFrame({"u": pairs.u.astype("int32"), "m": pairs.m.astype("int32"),
+                              "r": np.ones(len(pairs), np.float32)})
+        self.U, self.V, _, _ = als_factors(
+            frame, data.n_users, data.n_movies, self.master, self.driver_memory, rank=self.rank, regParam=self.reg,
+            alpha=self.alpha, maxIter=self.iters, implicitPrefs=True, userCol="u", itemCol="m", ratingCol="r",
+            seed=self.seed)
         return self
 
     def scores(self, users):
