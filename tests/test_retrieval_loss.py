@@ -159,7 +159,11 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     positive = logits[np.arange(48), row[x["movie_id"].numpy()]]
     expected = cfg.retrieval_weight * np.mean(np.log(np.exp(logits).sum(1)) - positive)
     assert losses["retrieval"] == pytest.approx(expected, rel=1e-4)
+    from recsys.models.data import movie_log_sampling_probability
+
+    assert model.log_q is None  # an exact softmax has no sampling correction to read
     model.catalog = None  # the same weights with in-batch negatives: the same rating loss
+    model.log_q = tf.constant(movie_log_sampling_probability(prepared, manifest["features"]["features"]), tf.float32)
     assert float(model.named_losses(x, y)["rating"]) == pytest.approx(losses["rating"], rel=1e-5)
 
     # a movies table that lacks a training movie is a damaged artifact: one line naming the id

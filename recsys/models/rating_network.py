@@ -266,10 +266,10 @@ class RatingNetwork(RecModel):
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
             self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
-        if self.retrieval:
-            self.log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
-        if self.retrieval and self.cfg.retrieval_negatives == "catalog":
+        if self.retrieval and self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
             self.catalog, self.catalog_row = self._training_catalog(prepared)
+        elif self.retrieval:
+            self.log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
 
     def _training_catalog(self, prepared: Path):
         """({feature: [M, ...] int64 tensor}, [movie vocab] int32 row of each id): the encoded
