@@ -264,6 +264,9 @@ class ModelConfig:
     retrieval_weight: float = 0.3  # weight of the softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)
+    # g: the served top-k score adds T * g * log q_m (q_m: the movie's share of the training ratings),
+    # a popularity prior outside training (0: none)
+    retrieval_popularity: float = 0.4
     retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
     # the retrieval softmax's negatives: the group's other movies (in_batch, logQ-corrected) or every
     # training movie of the catalog (catalog: exact softmax; batch x catalog logits per step)
@@ -658,6 +661,8 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.synth.noise > 0, "synth.noise", "must be positive (stars of rating noise; the expected ratings divide by it)"),
         (cfg.train.early_stopping_patience >= 1, "train.early_stopping_patience", "must be at least 1 (epochs)"),
         (cfg.model.retrieval_weight >= 0, "model.retrieval_weight", "must be 0 (off) or positive"),
+        (cfg.model.retrieval_popularity >= 0, "model.retrieval_popularity",
+         "must be 0 (none) or positive (the weight of log q_m in the top-k score)"),
         (cfg.model.retrieval_temperature > 0, "model.retrieval_temperature", "must be positive (scores are divided by it)"),
         (cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be 0 (no warm-up) or positive"),
         (cfg.prepare.min_ratings_per_user >= 0, "prepare.min_ratings_per_user", "must be 0 (keep all) or positive"),

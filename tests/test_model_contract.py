@@ -417,7 +417,12 @@ class TestRatingNetworkContract(ModelContract):
         u, b_u, u_r = _rating_tower(w, "user", users, spec, title_pad)
         m, b_m, m_r = _rating_tower(w, "movie", movies, spec, title_pad)
         mu, temp = info["stats"]["train_rating_mean"], info["model_config"]["retrieval_temperature"]
-        prior = w["movie_prior/embeddings"][_enc(movies, "movie_id"), 0]
+        # the popularity term: log of each movie's share of the training ratings (pandas; at least 0.5 ratings)
+        counts = pd.read_parquet(f"{_prepared(self.overrides)}/ratings_train").movie_idx.value_counts()
+        mid = _enc(movies, "movie_id")
+        share = counts.reindex(mid).fillna(0).clip(lower=0.5).to_numpy() / counts.sum()
+        assert info["model_config"]["retrieval_popularity"] > 0  # the default: the term is tested
+        prior = w["movie_prior/embeddings"][mid, 0] + info["model_config"]["retrieval_popularity"] * np.log(share)
         scores = mu + b_u[:, None] + b_m[None, :] + u @ m.T
         user_rank = np.hstack([u, u_r, np.ones((len(u), 1))])
         movie_rank = np.hstack([m, m_r, temp * prior[:, None]])

@@ -154,11 +154,20 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     y = tf.constant(data["rating"][:48])
     losses = {k: float(v) for k, v in model.named_losses(x, y).items()}
     user_rank = model.user_vectors(x)["rank"].numpy().astype(np.float64)
-    catalog_rank = model.movie_vectors(model.catalog)["rank"].numpy().astype(np.float64)
+    # training=True: the loss's rank vectors, without the served popularity term
+    catalog_rank = model.movie_vectors(model.catalog, training=True)["rank"].numpy().astype(np.float64)
     logits = user_rank @ catalog_rank.T / cfg.retrieval_temperature
     positive = logits[np.arange(48), row[x["movie_id"].numpy()]]
     expected = cfg.retrieval_weight * np.mean(np.log(np.exp(logits).sum(1)) - positive)
     assert losses["retrieval"] == pytest.approx(expected, rel=1e-4)
+    # served (training=False) rank vectors add T * g * log q_m, q_m counted here with pandas
+    counts = pd.read_parquet(prepared / "ratings_train").movie_idx.value_counts()
+    log_q = np.log(counts.reindex(model.catalog["movie_id"].numpy()).to_numpy() / counts.sum())
+    served_rank = model.movie_vectors(model.catalog)["rank"].numpy().astype(np.float64)
+    assert cfg.retrieval_popularity > 0
+    np.testing.assert_allclose(served_rank[:, :-1], catalog_rank[:, :-1], rtol=1e-6)
+    np.testing.assert_allclose(served_rank[:, -1] - catalog_rank[:, -1],
+                               cfg.retrieval_temperature * cfg.retrieval_popularity * log_q, rtol=1e-4, atol=1e-6)
     from recsys.models.data import movie_log_sampling_probability
 
     assert model.log_q is None  # an exact softmax has no sampling correction to read

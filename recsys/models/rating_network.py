@@ -231,6 +231,11 @@ class RatingNetwork(RecModel):
                                                      embeddings_regularizer=_reg(cfg)) \
             if cfg.history_retrieval and cfg.user_history_length > 0 else None  # built whatever the weight (resume)
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
+        # log q_m, every movie's share of the training ratings (a non-trainable weight, set by prepare()
+        # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity
+        self.log_popularity = self.add_weight(name="movie_log_popularity", shape=(movie_id["vocab_size"],),
+                                              dtype=tf.float32, initializer="zeros", trainable=False) \
+            if self.retrieval else None
         # retrieval_negatives=catalog: every training movie's encoded features ({name: [M, ...]}) and the
         # catalog row of each movie id ([movie vocab]), set by prepare()
         self.catalog = self.catalog_row = None
@@ -266,10 +271,14 @@ class RatingNetwork(RecModel):
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
             self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
-        if self.retrieval and self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
+        if not self.retrieval:
+            return
+        log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
+        self.log_popularity.assign(log_q)
+        if self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
             self.catalog, self.catalog_row = self._training_catalog(prepared)
-        elif self.retrieval:
-            self.log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
+        else:
+            self.log_q = log_q
 
     def _training_catalog(self, prepared: Path):
         """({feature: [M, ...] int64 tensor}, [movie vocab] int32 row of each id): the encoded
@@ -307,11 +316,17 @@ class RatingNetwork(RecModel):
         return {"score": score, "rank": rank}
 
     def movie_vectors(self, x, training=False):
-        """score ``[m, 1, b_m]``; rank ``[m, m_r, T * c_m]``; similarity ``m``."""
+        """score ``[m, 1, b_m]``; rank ``[m, m_r, T * (c_m + g log q_m)]``; similarity ``m``.
+
+        ``g log q_m`` (``model.retrieval_popularity``; q_m: the movie's share of the training
+        ratings) is a popularity prior of the served top-k score, outside training: with
+        ``training=True`` (the retrieval loss) the last entry is ``T * c_m`` alone."""
         m, b_m, m_r = (f32(t) for t in self.movie_tower.heads(x, training=training))
         score = tf.concat([m, tf.ones_like(b_m)[:, None], b_m[:, None]], axis=-1)
         if self.retrieval:
             prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
+            if not training and self.cfg.retrieval_popularity > 0:
+                prior += self.cfg.retrieval_popularity * tf.gather(self.log_popularity, x["movie_id"])
             if self.fism:
                 m_r = tf.concat([m_r, f32(self.history_target(x["movie_id"]))], axis=-1)
             rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
