@@ -10,10 +10,11 @@ score vectors ``[u, b_u, 1]`` and ``[m, 1, b_m]``) and nowhere else: the contrac
 score vectors returns exactly the movies with the highest predicted rating.
 
 With the joint retrieval objective (``model.retrieval_weight > 0``) top-k lists rank by
-``<[u, u_r, 1], [m, m_r, T * c_m]> = T * ((<u, m> + <u_r, m_r>) / T + c_m)``: the retrieval
-softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only dimensions, ``c_m``: a
-learnt per-movie prior). Every width comes from ``ModelConfig``; every vocabulary size from the
-manifest's feature spec.
+``<[u, u_r, 1], [m, m_r, T * (c_m + g log q_m)]> = T * ((<u, m> + <u_r, m_r>) / T + c_m + g log q_m)``:
+the retrieval softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only
+dimensions, ``c_m``: a learnt per-movie prior), plus a popularity prior that training never sees
+(``g``: ``model.retrieval_popularity``; ``q_m``: the movie's share of the training ratings).
+Every width comes from ``ModelConfig``; every vocabulary size from the manifest's feature spec.
 """
 
 from __future__ import annotations
