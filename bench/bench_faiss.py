@@ -5,7 +5,7 @@
 
 What is measured is what is served: the recommendation index ``movies_ip`` as
 jobs/build_index.py builds it from the config (with the default retrieval ranking, movies as
-``[m, m_r, T c_m]`` and users as ``[u, u_r, 1]``: output_dim + retrieval_dim + 1 = 65 wide), with
+``[m, m_r, T (c_m + g log q_m)]`` and users as ``[u, u_r, 1]``: output_dim + retrieval_dim + 1 = 65 wide), with
 the config's ``index.approximate`` factory (HNSW32 by default), built and tuned by
 recsys.indexing.build_index exactly as the index job does. Collections: the exported ML-100K
 movies (``--catalog``), and synthetic vectors of the same width drawn from a clustered Gaussian

@@ -114,6 +114,7 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
 @pytest.mark.parametrize("override,key", [
     ("train.early_stopping_patience=-1", "train.early_stopping_patience"),
     ("model.retrieval_weight=-1", "model.retrieval_weight"),
+    ("model.retrieval_popularity=-0.1", "model.retrieval_popularity"),
     ("model.retrieval_temperature=0", "model.retrieval_temperature"),
     ("synth.noise=0", "synth.noise"),
     ("model.retrieval_group_size=0", "model.retrieval_group_size"),

@@ -153,6 +153,7 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     x = {k: tf.constant(v[:48]) for k, v in data.items() if k != "rating"}
     y = tf.constant(data["rating"][:48])
     losses = {k: float(v) for k, v in model.named_losses(x, y).items()}
+    catalog_tables = model.catalog, model.log_q
     user_rank = model.user_vectors(x)["rank"].numpy().astype(np.float64)
     # training=True: the loss's rank vectors, without the served popularity term
     catalog_rank = model.movie_vectors(model.catalog, training=True)["rank"].numpy().astype(np.float64)
@@ -173,7 +174,14 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     assert model.log_q is None  # an exact softmax has no sampling correction to read
     model.catalog = None  # the same weights with in-batch negatives: the same rating loss
     model.log_q = tf.constant(movie_log_sampling_probability(prepared, manifest["features"]["features"]), tf.float32)
-    assert float(model.named_losses(x, y)["rating"]) == pytest.approx(losses["rating"], rel=1e-5)
+    in_batch = {k: float(v) for k, v in model.named_losses(x, y).items()}
+    assert in_batch["rating"] == pytest.approx(losses["rating"], rel=1e-5)
+    # no loss reads the served popularity prior: a huge g leaves both modes' losses as they were
+    cfg.retrieval_popularity = 1000.0
+    assert {k: float(v) for k, v in model.named_losses(x, y).items()} == pytest.approx(in_batch, rel=1e-6)
+    model.catalog, model.log_q = catalog_tables
+    assert {k: float(v) for k, v in model.named_losses(x, y).items()} == pytest.approx(losses, rel=1e-6)
+    assert model.movie_vectors(model.catalog)["rank"].numpy()[:, -1].max() < served_rank[:, -1].min()  # served: it moves
 
     # a movies table that lacks a training movie is a damaged artifact: one line naming the id
     from recsys.errors import ArtifactError

@@ -59,7 +59,8 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
     """Brute force: the trained model's full forward pass on every (user, movie) pair.
 
     Returns (predicted ratings, ranking scores) [users, movies]: the ranking score is the
-    retrieval score (times the temperature) for a model trained with the retrieval loss."""
+    retrieval score plus the popularity prior (times the temperature) for a model trained with the
+    retrieval loss."""
     import tensorflow as tf
 
     from recsys.features import encoded_columns

@@ -270,7 +270,8 @@ def read_weights(model: RecModel, path: str | Path) -> None:
         changed = sorted(f"{k} {shapes[k]} != {mine[k]}" for k in expected & found if shapes[k] != mine[k])
         raise ArtifactError(f"weights {path} do not match the {model.kind} model built from its config: "
                             f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
-                            + (f"; other shapes {changed}" if changed else "")) from None
+                            + (f"; other shapes {changed}" if changed else "")
+                            + " (an artifact of another version of this model: retrain it)") from None
 
 
 def write_weights(model: RecModel, path: str | Path) -> str:

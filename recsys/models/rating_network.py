@@ -233,10 +233,10 @@ class RatingNetwork(RecModel):
             if cfg.history_retrieval and cfg.user_history_length > 0 else None  # built whatever the weight (resume)
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
         # log q_m, every movie's share of the training ratings (a non-trainable weight, set by prepare()
-        # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity
+        # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity.
+        # Built whatever the retrieval weight (resume), as the prior is
         self.log_popularity = self.add_weight(name="movie_log_popularity", shape=(movie_id["vocab_size"],),
-                                              dtype=tf.float32, initializer="zeros", trainable=False) \
-            if self.retrieval else None
+                                              dtype=tf.float32, initializer="zeros", trainable=False)
         # retrieval_negatives=catalog: every training movie's encoded features ({name: [M, ...]}) and the
         # catalog row of each movie id ([movie vocab]), set by prepare()
         self.catalog = self.catalog_row = None
@@ -272,10 +272,10 @@ class RatingNetwork(RecModel):
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
             self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
-        if not self.retrieval:
-            return
         log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
         self.log_popularity.assign(log_q)
+        if not self.retrieval:
+            return
         if self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
             self.catalog, self.catalog_row = self._training_catalog(prepared)
         else:
@@ -327,7 +327,7 @@ class RatingNetwork(RecModel):
         if self.retrieval:
             prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
             if not training and self.cfg.retrieval_popularity > 0:
-                prior += self.cfg.retrieval_popularity * tf.gather(self.log_popularity, x["movie_id"])
+                prior += self.cfg.retrieval_popularity * f32(tf.gather(self.log_popularity, x["movie_id"]))
             if self.fism:
                 m_r = tf.concat([m_r, f32(self.history_target(x["movie_id"]))], axis=-1)
             rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
