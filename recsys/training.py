@@ -581,7 +581,8 @@ def _restore_latest_readable(run: Run) -> str | None:
         except (tf.errors.OpError, ValueError, AssertionError, IndexError) as err:  # IndexError: a truncated file
             _log(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); trying the previous one")
     if run.manager.checkpoints:
-        raise ArtifactError(f"no checkpoint in {run.model_dir / 'checkpoints'} can be read; run without --resume")
+        raise ArtifactError(f"no checkpoint in {run.model_dir / 'checkpoints'} can be read (damaged, or written by "
+                            f"another version of this model); run without --resume")
     return None
 
 
