@@ -267,6 +267,9 @@ class ModelConfig:
     # g: the served top-k score adds T * g * log q_m (q_m: the movie's share of the training ratings),
     # a popularity prior outside training (0: none)
     retrieval_popularity: float = 0.4
+    # non-empty: after training, rank 0 keeps the g of this grid with the best validation NDCG@10
+    # (train.validation_users users) and writes it to the artifact's model config
+    retrieval_popularity_grid: list[float] = field(default_factory=list)
     retrieval_group_size: int = 1024  # in-batch softmax over groups of this many examples: cost linear in the batch
     # the retrieval softmax's negatives: the group's other movies (in_batch, logQ-corrected) or every
     # training movie of the catalog (catalog: exact softmax; batch x catalog logits per step)
@@ -663,6 +666,10 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.model.retrieval_weight >= 0, "model.retrieval_weight", "must be 0 (off) or positive"),
         (cfg.model.retrieval_popularity >= 0, "model.retrieval_popularity",
          "must be 0 (none) or positive (the weight of log q_m in the top-k score)"),
+        (all(g >= 0 for g in cfg.model.retrieval_popularity_grid), "model.retrieval_popularity_grid",
+         "every value must be 0 (none) or positive"),
+        (not cfg.model.retrieval_popularity_grid or cfg.model.retrieval_weight > 0,
+         "model.retrieval_popularity_grid", "needs model.retrieval_weight above 0 (the top-k score it tunes)"),
         (cfg.model.retrieval_temperature > 0, "model.retrieval_temperature", "must be positive (scores are divided by it)"),
         (cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be 0 (no warm-up) or positive"),
         (cfg.prepare.min_ratings_per_user >= 0, "prepare.min_ratings_per_user", "must be 0 (keep all) or positive"),

@@ -726,6 +726,7 @@ def finish(run: Run, progress) -> dict | None:
         raise ArtifactError(f"no best weights in {run.model_dir / WEIGHTS}: no epoch finished with a finite "
                             "validation metric")
     read_weights(run.model, run.model_dir / WEIGHTS)
+    tune_popularity(run)
     best = min(progress.history, key=lambda h: h["valid_selection"]) if progress.history else {}
     summary = {
         "kind": run.model.kind, "rates": run.model.rates, "model_config": run.cfg.to_dict()["model"],
@@ -740,6 +741,28 @@ def finish(run: Run, progress) -> dict | None:
     info = write_artifact(run.model_dir, run.prepared, run.manifest, summary)
     _log(f"saved {run.model_dir} (best valid {run.metric} {summary[f'best_valid_{run.metric}']:.4f})")
     return info
+
+
+def tune_popularity(run: Run) -> None:
+    """Rank 0, best weights loaded: set ``model.retrieval_popularity`` to the value of
+    ``model.retrieval_popularity_grid`` with the highest validation NDCG@10 (the first on ties),
+    each value logged. The prior enters no loss, so one trained model serves the whole grid."""
+    grid = run.cfg.model.retrieval_popularity_grid
+    if not grid:
+        return
+    if run.catalog is None:
+        run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed,
+                                        index_cfg=run.cfg.index)
+    scores = []
+    for g in grid:
+        run.model.cfg.retrieval_popularity = float(g)
+        total, n = run.catalog.ndcg_sum(run.model, 0, 1)
+        scores.append(total / max(n, 1))
+        _log(f"popularity prior g={g:g}: validation ndcg@10 {scores[-1]:.4f} ({n:,} users)")
+    best = grid[scores.index(max(scores))]
+    run.model.cfg.retrieval_popularity = run.cfg.model.retrieval_popularity = float(best)
+    _log(f"popularity prior: model.retrieval_popularity={best:g} kept (best validation ndcg@10 of "
+         f"model.retrieval_popularity_grid)")
 
 
 def _peer_lost(run: Run, progress, err: Exception):

@@ -115,6 +115,7 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     ("train.early_stopping_patience=-1", "train.early_stopping_patience"),
     ("model.retrieval_weight=-1", "model.retrieval_weight"),
     ("model.retrieval_popularity=-0.1", "model.retrieval_popularity"),
+    ("model.retrieval_popularity_grid=[0,-1]", "model.retrieval_popularity_grid"),
     ("model.retrieval_temperature=0", "model.retrieval_temperature"),
     ("synth.noise=0", "synth.noise"),
     ("model.retrieval_group_size=0", "model.retrieval_group_size"),
@@ -169,3 +170,10 @@ def test_faiss_factory_is_checked_at_the_widths_the_model_serves():
     load_config(ROOT / "conf/default.yaml", ["model.retrieval_weight=0", "index.approximate=PQ2"])
     with pytest.raises(ConfigError, match=r"builds 65-dimensional vectors"):
         load_config(ROOT / "conf/default.yaml", ["model.kind=bpr", "index.approximate=PQ2"])
+
+
+def test_popularity_grid_needs_the_retrieval_score():
+    """The grid tunes a term of the retrieval score: without the retrieval loss it stops at config time."""
+    load_config(ROOT / "conf/default.yaml", ["model.retrieval_popularity_grid=[0,0.4]"])  # alone: fine
+    with pytest.raises(ConfigError, match=r"key 'model.retrieval_popularity_grid'.*retrieval_weight"):
+        load_config(ROOT / "conf/default.yaml", ["model.retrieval_popularity_grid=[0,0.4]", "model.retrieval_weight=0"])

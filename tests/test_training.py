@@ -69,6 +69,22 @@ def test_resume_continues_from_checkpoint(prepared, tmp_path):
     assert json.loads((model_dir / "model.json").read_text())["epochs_run"] == 2
 
 
+def test_popularity_grid_keeps_the_best_validation_value_in_the_artifact(prepared, tmp_path):
+    import re
+
+    base, overrides = prepared
+    model_dir = tmp_path / "grid"
+    proc = subprocess.run(_train_cmd(base, overrides, 1, model_dir, "--set", "train.epochs=2",
+                                     "--set", "model.retrieval_popularity_grid=[0,50]"), env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = {float(g): float(v) for g, v in
+              re.findall(r"popularity prior g=([0-9.]+): validation ndcg@10 ([0-9.]+)", proc.stderr)}
+    assert set(scores) == {0.0, 50.0} and scores[0.0] != scores[50.0]  # g = 50 ranks by popularity alone
+    kept = json.loads((model_dir / "model.json").read_text())["model_config"]["retrieval_popularity"]
+    assert kept == max(scores, key=scores.get)  # the artifact (hence export and serving) holds the winner
+
+
 def test_user_history_table_is_latest_first_and_padded():
     from recsys.models.rating_network import HISTORY_PAD, user_history_table
 
