@@ -754,13 +754,13 @@ def tune_popularity(run: Run) -> None:
         run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed,
                                         index_cfg=run.cfg.index)
     scores = []
-    for g in grid:
-        run.model.cfg.retrieval_popularity = float(g)
+    for g in grid:  # the model reads run.cfg.model itself (build_model keeps that object)
+        run.cfg.model.retrieval_popularity = float(g)
         total, n = run.catalog.ndcg_sum(run.model, 0, 1)
         scores.append(total / max(n, 1))
         _log(f"popularity prior g={g:g}: validation ndcg@10 {scores[-1]:.4f} ({n:,} users)")
     best = grid[scores.index(max(scores))]
-    run.model.cfg.retrieval_popularity = run.cfg.model.retrieval_popularity = float(best)
+    run.cfg.model.retrieval_popularity = float(best)
     _log(f"popularity prior: model.retrieval_popularity={best:g} kept (best validation ndcg@10 of "
          f"model.retrieval_popularity_grid)")
 

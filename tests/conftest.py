@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +105,13 @@ def train_cmd(overrides, ranks, model_dir, *extra, launcher: tuple[str, ...] = (
     if ranks > 1 or launcher:
         cmd = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), *launcher, *cmd]
     return cmd
+
+
+def training_log_share(prepared, movie_ids):
+    """[N] float64: log of each encoded movie id's share of the prepared training ratings, counted
+    with pandas (an id without a rating counts as half of one): the reference for the rating
+    network's served popularity prior ``g log q_m``."""
+    import pandas as pd
+
+    counts = pd.read_parquet(Path(prepared) / "ratings_train", columns=["movie_idx"]).movie_idx.value_counts()
+    return np.log(counts.reindex(movie_ids).fillna(0).clip(lower=0.5).to_numpy() / counts.sum())

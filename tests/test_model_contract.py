@@ -27,7 +27,7 @@ import pytest
 
 from recsys.evaluation import Bias, Data, GlobalMean, NeighbourCF, Popularity, SparkALS, SurpriseModel
 from recsys.topk_baselines import Ease, ImplicitAls, ItemKnn, Tuned
-from tests.conftest import BIN, ENV, ROOT, train_cmd
+from tests.conftest import BIN, ENV, ROOT, train_cmd, training_log_share
 
 
 def _tiny_data() -> Data:
@@ -417,12 +417,10 @@ class TestRatingNetworkContract(ModelContract):
         u, b_u, u_r = _rating_tower(w, "user", users, spec, title_pad)
         m, b_m, m_r = _rating_tower(w, "movie", movies, spec, title_pad)
         mu, temp = info["stats"]["train_rating_mean"], info["model_config"]["retrieval_temperature"]
-        # the popularity term: log of each movie's share of the training ratings (pandas; at least 0.5 ratings)
-        counts = pd.read_parquet(f"{_prepared(self.overrides)}/ratings_train").movie_idx.value_counts()
         mid = _enc(movies, "movie_id")
-        share = counts.reindex(mid).fillna(0).clip(lower=0.5).to_numpy() / counts.sum()
-        assert info["model_config"]["retrieval_popularity"] > 0  # the default: the term is tested
-        prior = w["movie_prior/embeddings"][mid, 0] + info["model_config"]["retrieval_popularity"] * np.log(share)
+        assert info["model_config"]["retrieval_popularity"] > 0  # the default: the popularity term is tested
+        prior = (w["movie_prior/embeddings"][mid, 0]
+                 + info["model_config"]["retrieval_popularity"] * training_log_share(_prepared(self.overrides), mid))
         scores = mu + b_u[:, None] + b_m[None, :] + u @ m.T
         user_rank = np.hstack([u, u_r, np.ones((len(u), 1))])
         movie_rank = np.hstack([m, m_r, temp * prior[:, None]])

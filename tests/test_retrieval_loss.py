@@ -161,9 +161,10 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     positive = logits[np.arange(48), row[x["movie_id"].numpy()]]
     expected = cfg.retrieval_weight * np.mean(np.log(np.exp(logits).sum(1)) - positive)
     assert losses["retrieval"] == pytest.approx(expected, rel=1e-4)
-    # served (training=False) rank vectors add T * g * log q_m, q_m counted here with pandas
-    counts = pd.read_parquet(prepared / "ratings_train").movie_idx.value_counts()
-    log_q = np.log(counts.reindex(model.catalog["movie_id"].numpy()).to_numpy() / counts.sum())
+    # served (training=False) rank vectors add T * g * log q_m, q_m counted with pandas
+    from tests.conftest import training_log_share
+
+    log_q = training_log_share(prepared, model.catalog["movie_id"].numpy())
     served_rank = model.movie_vectors(model.catalog)["rank"].numpy().astype(np.float64)
     assert cfg.retrieval_popularity > 0
     np.testing.assert_allclose(served_rank[:, :-1], catalog_rank[:, :-1], rtol=1e-6)

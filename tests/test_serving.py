@@ -12,7 +12,7 @@ import pytest
 
 from recsys.config import load_config
 from recsys.features import OOV_ID
-from tests.conftest import ROOT
+from tests.conftest import ROOT, training_log_share
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,7 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
     out = np.empty((len(user_rows), len(movies)), np.float32)
     rank = np.empty_like(out)
     mcols = encoded_columns(movies, tm.tower_names("movie"))
-    # the served popularity term: log of each movie's share of the training ratings (at least 0.5 ratings)
-    counts = pd.read_parquet(Path(cfg.paths.prepared) / "ratings_train").movie_idx.value_counts()
-    share = counts.reindex(mcols["movie_id"]).fillna(0).clip(lower=0.5).to_numpy() / counts.sum()
+    log_share = training_log_share(cfg.paths.prepared, mcols["movie_id"])  # the served popularity term's q_m
     ucols = encoded_columns(user_rows, tm.tower_names("user"))
     for i in range(len(user_rows)):
         x = {n: tf.constant(np.repeat(v[i], len(movies)), tf.int64) for n, v in ucols.items()}
@@ -82,7 +80,7 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
         u, _, mv, _ = (t.numpy() for t in (*model.user_tower(x), *model.movie_tower(x)))
         _, _, u_r = model.user_tower.heads(x)
         _, _, m_r = model.movie_tower.heads(x)
-        prior = model.movie_prior(x["movie_id"]).numpy()[:, 0] + model.cfg.retrieval_popularity * np.log(share)
+        prior = model.movie_prior(x["movie_id"]).numpy()[:, 0] + model.cfg.retrieval_popularity * log_share
         rank[i] = (u * mv).sum(1) + (u_r.numpy() * m_r.numpy()).sum(1) + model.cfg.retrieval_temperature * prior
     return out, rank
 
