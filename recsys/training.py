@@ -20,7 +20,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -776,6 +778,37 @@ def _peer_lost(run: Run, progress, err: Exception):
         "from it, or run elastic (docs/reliability.md) to survive a lost worker")
 
 
+def _stopped_by_signal(run: Run, progress, signum: int):
+    from recsys.errors import WorkerLostError
+
+    rank, size = run.hvd.rank(), run.hvd.size()
+    return WorkerLostError(
+        f"rank {rank} of {size}: stopped by {signal.Signals(signum).name} during epoch {progress.epoch + 1} "
+        f"(horovodrun stops every rank when another rank stopped, and Kubernetes when a pod is deleted). The last "
+        f"checkpoint is {run.manager.latest_checkpoint or 'none yet'}; re-run the same command with --resume to "
+        "continue from it, or run elastic (docs/reliability.md) to survive a lost worker")
+
+
+@contextlib.contextmanager
+def resume_hint_on_sigterm(run: Run, progress):
+    """While the static loop runs, SIGTERM ends this rank with the resume message instead of
+    killing it silently: when a rank dies, horovodrun terminates the others, often before their
+    allreduce has failed. Python runs the handler once the main thread is back from C++, which is
+    also when a failed allreduce returns, so a rank stopped either way says how to resume."""
+    def handler(signum, _frame):
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise _stopped_by_signal(run, progress, signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fit_static(run: Run, progress) -> None:
     """The static loop: a fixed set of ranks; a lost rank stops the run with WorkerLostError."""
     hvd = run.hvd
@@ -783,6 +816,11 @@ def fit_static(run: Run, progress) -> None:
     banner(run, size)
     it, valid_ds = inputs(run, rank, size)
     steps = run.steps_per_epoch(size)
+    with resume_hint_on_sigterm(run, progress):
+        _fit_static_epochs(run, progress, it, valid_ds, steps)
+
+
+def _fit_static_epochs(run: Run, progress, it, valid_ds, steps: int) -> None:
     try:
         while not _finished(run, progress):
             t0, losses = time.time(), EpochLosses(run, progress.epoch + 1, run.cfg.train.finite_check_steps)
