@@ -197,6 +197,8 @@ class Run:
     train_step: object = None
     writer: object = None
     catalog: object = None
+    committing: bool = False  # rank 0 is writing an epoch's checkpoint, best weights and history
+    pending_stop: Exception | None = None  # a SIGTERM stop held back until that write ends
 
     @property
     def model_dir(self) -> Path:
@@ -686,11 +688,12 @@ def close_epoch(run: Run, progress, losses: dict[str, float], seen: int, seconds
     if rank == 0:  # Horovod: only rank 0 writes checkpoints and logs
         from recsys.models.contract import WEIGHTS, write_weights
 
-        run.manager.save(checkpoint_number=epoch)
-        if improved:
-            with averaged_weights(run):  # the derived tables are still those of these weights (validation's)
-                write_weights(run.model, run.model_dir / WEIGHTS)
-        _write_json(run.model_dir / "history.json", progress.history)
+        with epoch_commit(run):  # a SIGTERM waits: --resume needs checkpoint, best weights and history to agree
+            run.manager.save(checkpoint_number=epoch)
+            if improved:
+                with averaged_weights(run):  # the derived tables are still those of these weights (validation's)
+                    write_weights(run.model, run.model_dir / WEIGHTS)
+            _write_json(run.model_dir / "history.json", progress.history)
         if run.writer is None:
             run.writer = tf.summary.create_file_writer(str(run.model_dir / "logs"))
         with run.writer.as_default():
@@ -778,26 +781,46 @@ def _peer_lost(run: Run, progress, err: Exception):
         "from it, or run elastic (docs/reliability.md) to survive a lost worker")
 
 
-def _stopped_by_signal(run: Run, progress, signum: int):
+def _stopped_by_signal(run: Run, progress, signum: int, rank: int, size: int):
     from recsys.errors import WorkerLostError
 
-    rank, size = run.hvd.rank(), run.hvd.size()
     return WorkerLostError(
-        f"rank {rank} of {size}: stopped by {signal.Signals(signum).name} during epoch {progress.epoch + 1} "
-        f"(horovodrun stops every rank when another rank stopped, and Kubernetes when a pod is deleted). The last "
-        f"checkpoint is {run.manager.latest_checkpoint or 'none yet'}; re-run the same command with --resume to "
-        "continue from it, or run elastic (docs/reliability.md) to survive a lost worker")
+        f"rank {rank} of {size}: stopped by {signal.Signals(signum).name} after {progress.epoch} complete epoch(s) "
+        "(sent by horovodrun to the remaining ranks when one rank fails, by Kubernetes to a deleted pod, or by a user "
+        f"or scheduler). The last checkpoint is {run.manager.latest_checkpoint or 'none yet'}; re-run the same "
+        "command with --resume to continue from it, or run elastic (docs/reliability.md) to survive a lost worker")
+
+
+@contextlib.contextmanager
+def epoch_commit(run: Run):
+    """Rank 0's epoch write (checkpoint, best weights, history): a SIGTERM stop raised by
+    ``resume_hint_on_sigterm`` meanwhile is held back and raised when the write is complete."""
+    run.committing = True
+    try:
+        yield
+    finally:
+        run.committing = False
+    if run.pending_stop is not None:
+        stop, run.pending_stop = run.pending_stop, None
+        raise stop
 
 
 @contextlib.contextmanager
 def resume_hint_on_sigterm(run: Run, progress):
     """While the static loop runs, SIGTERM ends this rank with the resume message instead of
-    killing it silently: when a rank dies, horovodrun terminates the others, often before their
+    killing it silently: when a rank fails, horovodrun terminates the others, often before their
     allreduce has failed. Python runs the handler once the main thread is back from C++, which is
-    also when a failed allreduce returns, so a rank stopped either way says how to resume."""
+    also when a failed allreduce returns, so a rank stopped either way says how to resume. A rank
+    blocked in C++ until horovodrun's SIGKILL (5 s later) still ends without it."""
+    rank, size = run.hvd.rank(), run.hvd.size()  # read now: Horovod may be shut down when the signal comes
+
     def handler(signum, _frame):
-        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise _stopped_by_signal(run, progress, signum)
+        signal.signal(signum, signal.SIG_DFL)  # from here a second SIGTERM kills at once
+        stop = _stopped_by_signal(run, progress, signum, rank, size)
+        if run.committing:
+            run.pending_stop = stop  # raised by epoch_commit once the epoch's files agree
+            return
+        raise stop
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
@@ -806,7 +829,8 @@ def resume_hint_on_sigterm(run: Run, progress):
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler installed outside Python, which cannot be put back; the default is the safe choice
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def fit_static(run: Run, progress) -> None:
