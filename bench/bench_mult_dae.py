@@ -28,12 +28,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from recsys.evaluation import Recommender  # noqa: E402  (numpy and pandas only; TensorFlow loads in fit)
 
-class MultDAE:
+
+class MultDAE(Recommender):
     """L2-normalised binary history -> dropout -> tanh layer -> softmax over the catalog; loss: the
-    multinomial log-likelihood of the user's movies. A ``recsys.evaluation.Recommender``."""
+    multinomial log-likelihood of the user's movies."""
 
-    label, kind, rates, ranks = "Mult-DAE", "top-k", False, True
+    label, kind, rates = "Mult-DAE", "top-k", False
 
     def __init__(self, hidden: int, l2: float, epochs: int, seed: int, dropout: float = 0.5,
                  learning_rate: float = 1e-3, users_per_step: int = 100):
@@ -83,11 +85,6 @@ class MultDAE:
     def scores(self, users: np.ndarray) -> np.ndarray:
         """[len(users), n_movies] logits from each user's training movies."""
         return self._logits(self.x[users], training=False).numpy()
-
-    def top_k(self, users, k, seen):
-        from recsys.evaluation import Recommender
-
-        return Recommender.top_k(self, users, k, seen)
 
 
 def main(argv=None) -> int:

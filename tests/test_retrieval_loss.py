@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recsys.models.rating_network import catalog_retrieval_loss, retrieval_loss
+from tests.conftest import training_log_share
 
 TEMPERATURE = 0.1
 
@@ -162,8 +163,6 @@ def test_rating_network_catalog_negatives_hold_each_training_movie_once(train_da
     expected = cfg.retrieval_weight * np.mean(np.log(np.exp(logits).sum(1)) - positive)
     assert losses["retrieval"] == pytest.approx(expected, rel=1e-4)
     # served (training=False) rank vectors add T * g * log q_m, q_m counted with pandas
-    from tests.conftest import training_log_share
-
     log_q = training_log_share(prepared, model.catalog["movie_id"].numpy())
     served_rank = model.movie_vectors(model.catalog)["rank"].numpy().astype(np.float64)
     assert cfg.retrieval_popularity > 0
