@@ -97,12 +97,17 @@ class _Tower(keras.layers.Layer):
 
     def _embed(self, f: dict, ids: tf.Tensor) -> tf.Tensor:
         emb = self.embeddings[f["name"]](ids)
-        if self.embedding_l2 > 0 and not f["shape"]:
-            # per-example L2 on the rows looked up (matrix-factorisation style regularisation)
-            self.add_loss(self.embedding_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(emb), axis=-1)))
         if f["shape"]:  # a padded list (genres): mean over non-padding entries
             return masked_mean(emb, ids, f["pad_id"])
         return emb
+
+    def embedding_penalty(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """``model.embedding_l2`` x the batch mean of the squared norm of the rows each single-id
+        feature looks up (matrix-factorisation style: a row is penalised as often as it is used,
+        so rare ids are held closer to zero than a weight-decay term would). Scalar float32."""
+        terms = [tf.reduce_mean(tf.reduce_sum(tf.square(f32(self.embeddings[f["name"]](inputs[f["name"]]))), axis=-1))
+                 for f in self.features if f["name"] in self.embeddings and not f["shape"]]
+        return self.embedding_l2 * tf.add_n(terms)
 
     def extra_inputs(self, inputs, training):
         return []
@@ -366,8 +371,11 @@ class RatingNetwork(RecModel):
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
                 uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature,
                 self.cfg.retrieval_group_size)
-        if self.losses:
-            out["regularization"] = float32_sum(self.losses)  # precision: add_loss terms may be float16
+        penalties = list(self.losses)
+        if self.cfg.embedding_l2 > 0:  # per example, over the rows this batch looks up
+            penalties += [tower.embedding_penalty(x) for tower in (self.user_tower, self.movie_tower)]
+        if penalties:
+            out["regularization"] = float32_sum(penalties)  # precision: add_loss terms may be float16
         return out
 
     def _per_unique(self, vectors, x, id_feature, names):
