@@ -642,9 +642,8 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.model.retrieval_dim >= 0, "model.retrieval_dim", "must be 0 (none) or positive"),
         (cfg.model.retrieval_group_size >= 1, "model.retrieval_group_size", "must be at least 1 (examples per group)"),
         (cfg.model.retrieval_catalog_max >= 1, "model.retrieval_catalog_max", "must be at least 1 (movies)"),
-        (cfg.model.retrieval_negatives != "catalog" or (cfg.model.retrieval_weight > 0 and cfg.model.embedding_l2 == 0),
-         "model.retrieval_negatives", "catalog needs model.retrieval_weight above 0 (the loss it changes) and "
-         "model.embedding_l2 at 0 (a per-example penalty, which the catalog pass would apply per catalog movie)"),
+        (cfg.model.retrieval_negatives != "catalog" or cfg.model.retrieval_weight > 0,
+         "model.retrieval_negatives", "catalog needs model.retrieval_weight above 0 (the loss it changes)"),
         (cfg.model.user_history_length >= 0, "model.user_history_length", "must be 0 (off) or positive"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),

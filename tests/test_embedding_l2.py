@@ -3,30 +3,42 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys.config import load_config
 from tests.conftest import ROOT
 from tests.test_precision import SMALL_MODEL, SPEC, _batch
 
 
-def _losses(embedding_l2: float):
+def _losses(embedding_l2: float, negatives: str = "none"):
+    """(model, batch, losses) of a fresh small rating network; ``negatives``: none (no retrieval
+    loss) or catalog (catalog softmax over every movie of the small spec, set by hand)."""
     import tensorflow as tf
 
     from recsys.models.rating_network import RatingNetwork
 
     tf.keras.utils.set_random_seed(0)
-    sets = ["model.dropout=0.0", "model.retrieval_weight=0", "model.unique_towers=false", f"model.embedding_l2={embedding_l2}"]
+    sets = ["model.dropout=0.0", "model.unique_towers=false", f"model.embedding_l2={embedding_l2}"]
+    sets += ["model.retrieval_negatives=catalog"] if negatives == "catalog" else ["model.retrieval_weight=0"]
     cfg = load_config(ROOT / "conf/default.yaml", SMALL_MODEL + sets).model
     model = RatingNetwork(SPEC, {"train_rating_mean": 3.5}, cfg)
     model.build_variables()  # eager: this call once failed with a per-example penalty on
     x, y = _batch(n=24, seed=5)
+    if negatives == "catalog":  # every movie id but padding and OOV, with attributes drawn once
+        catalog, _ = _batch(n=38, seed=9)
+        catalog["movie_id"] = tf.range(2, 40, dtype=tf.int64)
+        model.catalog = {k: catalog[k] for k in model.movie_features}
+        model.catalog_row = tf.concat([[-1, -1], tf.range(38)], axis=0)
+        x["movie_id"] = tf.maximum(x["movie_id"], 2)  # training examples have a training movie id
     return model, x, {k: float(v) for k, v in model.named_losses(x, y).items()}
 
 
-def test_penalty_is_the_mean_squared_norm_of_the_rows_looked_up():
+@pytest.mark.parametrize("negatives", ["none", "catalog"])
+def test_penalty_is_the_mean_squared_norm_of_the_rows_looked_up(negatives):
+    """With catalog negatives too: the penalty covers the batch's rows, not the catalog pass's."""
     lam = 1e-2
-    base_model, _, base = _losses(0.0)
-    model, x, with_l2 = _losses(lam)
+    _, _, base = _losses(0.0, negatives)
+    model, x, with_l2 = _losses(lam, negatives)
     assert with_l2["rating"] == base["rating"]  # the same initial weights: only the penalty differs
     # by hand: for each single-id feature (user_id, gender, movie_id; not the genre list nor the
     # title words), the mean over the batch of the squared norm of the row each example looks up
