@@ -7,7 +7,9 @@ The report tunes each top-k baseline on the validation split and refits the chos
 train + validation; the model trains on the training split alone (validation only stops it).
 This prints, per EASE lambda, test NDCG@10 of the fit on train + validation (the report's) and
 of the fit on train alone, both ranked by ``ranking_metrics`` (the report's metric code) with the
-same exclusions (every train + validation movie of the user). Needs the prepared data.
+same exclusions (every train + validation movie of the user). The fit on train alone also scores
+each user from the training movies only (EASE's score is the user's row of X times B), so the
+difference is both the larger item-item fit and the longer user profiles. Needs the prepared data.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lambdas", default="200,500", help="comma-separated EASE regularisations")
     args = ap.parse_args(argv)
     try:
+        lambdas = [float(v) for v in args.lambdas.split(",")]
+    except ValueError:
+        ap.error(f"--lambdas: {args.lambdas!r} is not a comma-separated list of numbers")
+    try:
         cfg = load_config(args.config)
         data = load_data(cfg.paths.prepared)
     except RecsysError as err:
@@ -38,11 +44,14 @@ def main(argv=None) -> int:
     view = data.tuning_view()
     if view is None:
         sys.exit(f"error: {cfg.paths.prepared} has no validation split: train and train + validation are the same")
+    reason = Ease(lambdas[0], cfg.evaluate.ease.max_items).unavailable(data)
+    if reason:
+        sys.exit(f"error: EASE cannot run on {cfg.paths.prepared}: {reason}")
     train_only = Data(data.users, data.movies, view.train, data.test, {}, data.rating_min, data.rating_max)
     print(f"{cfg.paths.prepared}: {len(view.train):,} training and {len(data.valid):,} validation ratings; "
           f"test NDCG@10 of EASE")
     print("| lambda | train + validation (the report) | train alone | difference |\n|---:|---:|---:|---:|")
-    for lam in (float(v) for v in args.lambdas.split(",")):
+    for lam in lambdas:
         t0 = time.time()
         full, part = (ranking_metrics(Ease(lam, cfg.evaluate.ease.max_items).fit(d), data, ks=(10,),
                                       block=cfg.evaluate.block_users)[0]["ndcg@10"] for d in (data, train_only))

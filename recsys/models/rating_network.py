@@ -371,11 +371,11 @@ class RatingNetwork(RecModel):
             out["retrieval"] = self.cfg.retrieval_weight * retrieval_loss(
                 uv["rank"], mv["rank"], ids, tf.gather(self.log_q, ids), self.cfg.retrieval_temperature,
                 self.cfg.retrieval_group_size)
-        penalties = list(self.losses)
-        if self.cfg.embedding_l2 > 0:  # per example, over the rows this batch looks up
+        penalties = list(self.losses)  # the layers' weight decay (model.l2)
+        if self.cfg.embedding_l2 > 0:  # per example, over the single-id rows this batch looks up
             penalties += [tower.embedding_penalty(x) for tower in (self.user_tower, self.movie_tower)]
         if penalties:
-            out["regularization"] = float32_sum(penalties)  # precision: add_loss terms may be float16
+            out["regularization"] = float32_sum(penalties)
         return out
 
     def _per_unique(self, vectors, x, id_feature, names):
@@ -385,11 +385,11 @@ class RatingNetwork(RecModel):
         tables), so the batch's repeats (a popular movie, an active user) need one tower pass; the
         gradient of the gather sums the repeats' contributions, as the per-example towers would.
         Rows with the unknown (OOV) id are kept apart: their attributes may differ. Duplicates
-        share one dropout mask per step. Off with ``model.unique_towers: false``, under XLA
-        (``static_shapes``: the unique count is data-dependent) and with ``model.embedding_l2``
-        (a per-example penalty over the rows looked up).
+        share one dropout mask per step. Off with ``model.unique_towers: false`` and under XLA
+        (``static_shapes``: the unique count is data-dependent). ``model.embedding_l2`` is computed
+        apart, per example (``embedding_penalty``), so it is unaffected.
         """
-        if (not self.cfg.unique_towers or self.static_shapes or id_feature is None or self.cfg.embedding_l2 > 0):
+        if not self.cfg.unique_towers or self.static_shapes or id_feature is None:
             return vectors(x, training=True)
         from recsys.features import OOV_ID
 
