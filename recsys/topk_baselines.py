@@ -48,8 +48,10 @@ class Ease(Recommender):
 
     def unavailable(self, data: Data) -> str | None:
         if data.n_movies > self.max_items:
+            size = data.n_movies ** 2 * 8  # bytes of one float64 movies x movies matrix
+            shown = f"{size / 2 ** 30:.1f} GiB" if size >= 2 ** 30 else f"{size / 2 ** 20:.0f} MiB"
             return (f"{data.n_movies:,} movies > evaluate.ease.max_items {self.max_items:,} "
-                    f"(EASE inverts a dense movies x movies matrix, {data.n_movies ** 2 * 8 / 2 ** 30:.1f} GiB)")
+                    f"(EASE inverts a dense movies x movies matrix, {shown})")
         return None
 
     def fit(self, data):
