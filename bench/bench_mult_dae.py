@@ -88,8 +88,8 @@ class MultDAE(Recommender):
 
 
 def main(argv=None) -> int:
-    from recsys.config import load_config
-    from recsys.evaluation import load_data, ranking_metrics
+    from _split import load_split
+    from recsys.evaluation import ranking_metrics
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -98,17 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--l2", default="0,1e-5", help="L2 weights tried on validation")
     ap.add_argument("--epochs", type=int, default=200, help="most epochs tried (validation every 10)")
     args = ap.parse_args(argv)
-
-    from recsys.errors import RecsysError
-
-    try:
-        cfg = load_config(args.config)
-        data = load_data(cfg.paths.prepared)
-    except RecsysError as err:
-        sys.exit(f"error: {err}")
-    view = data.tuning_view()
-    if view is None:
-        sys.exit(f"error: {cfg.paths.prepared} has no validation split to tune on")
+    cfg, data, view = load_split(args.config, "nothing to tune on")
     t0, best = time.time(), None
     for hidden in (int(h) for h in args.hidden.split(",")):
         for l2 in (float(v) for v in args.l2.split(",")):

@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
-    from recsys.config import load_config
-    from recsys.errors import RecsysError
-    from recsys.evaluation import Data, load_data, ranking_metrics
+    from _split import load_split
+    from recsys.evaluation import Data, ranking_metrics
     from recsys.topk_baselines import Ease
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -36,14 +35,7 @@ def main(argv=None) -> int:
         lambdas = [float(v) for v in args.lambdas.split(",")]
     except ValueError:
         ap.error(f"--lambdas: {args.lambdas!r} is not a comma-separated list of numbers")
-    try:
-        cfg = load_config(args.config)
-        data = load_data(cfg.paths.prepared)
-    except RecsysError as err:
-        sys.exit(f"error: {err}")
-    view = data.tuning_view()
-    if view is None:
-        sys.exit(f"error: {cfg.paths.prepared} has no validation split: train and train + validation are the same")
+    cfg, data, view = load_split(args.config, "train and train + validation are the same")
     reason = Ease(lambdas[0], cfg.evaluate.ease.max_items).unavailable(data)
     if reason:
         sys.exit(f"error: EASE cannot run on {cfg.paths.prepared}: {reason}")

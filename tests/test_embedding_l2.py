@@ -23,7 +23,7 @@ def _losses(embedding_l2: float, negatives: str = "none", unique: bool = False):
     sets += ["model.retrieval_negatives=catalog"] if negatives == "catalog" else ["model.retrieval_weight=0"]
     cfg = load_config(ROOT / "conf/default.yaml", SMALL_MODEL + sets).model
     model = RatingNetwork(SPEC, {"train_rating_mean": 3.5}, cfg)
-    model.build_variables()  # eager: this call once failed with a per-example penalty on
+    model.build_variables()  # eagerly, as the trainer builds it
     x, y = _batch(n=24, seed=5)
     if negatives == "catalog":  # every movie id but padding and OOV, with attributes drawn once
         catalog, _ = _batch(n=38, seed=9)
