@@ -8,7 +8,8 @@ each against the served vectors as they are, and a calibration:
 
 - **fold-in**: the user's served rank vector plus beta times the implicit-ALS user step over the
   movies' rank vectors (Hu et al., ICDM 2008: weight 1 on each movie of the user's history, w0 on
-  every catalog movie, ridge lambda), rescaled to the served vector's norm;
+  every catalog movie, ridge lambda), rescaled to the served vector's norm: recsys/foldin.py, the
+  export option ``export.foldin_weight`` (measure it on vectors exported without it);
 - **ALS over the tower**: alternating implicit-ALS sweeps over users and movies, each row's ridge
   pulling toward its (rescaled) tower vector instead of toward zero, as collaborative topic
   regression (Wang and Blei, KDD 2011) pulls toward a content vector; rows without training
@@ -43,31 +44,10 @@ GRIDS = {
 }
 
 
-def als_rows(F: np.ndarray, X, prior: np.ndarray, w0: float, lam: float) -> np.ndarray:
-    """The implicit-ALS row step: for each row r of the binary CSR ``X`` [rows, len(F)], the
-    minimiser of sum_{i in X_r} (1 - <x, F_i>)^2 + w0 sum_{i not in X_r} <x, F_i>^2
-    + lam |x - prior_r|^2, through the Gramian F^T F (d x d) so the cost is linear in X's entries.
-    ``F``: [n, d] fixed factors; ``prior``: [rows, d]. A row without entries keeps its prior."""
-    d = F.shape[1]
-    gram = w0 * F.T @ F + lam * np.eye(d)
-    out = prior.copy()
-    for r in range(X.shape[0]):
-        cols = X.indices[X.indptr[r]:X.indptr[r + 1]]
-        if len(cols):
-            Fi = F[cols]
-            out[r] = np.linalg.solve(gram + (1.0 - w0) * Fi.T @ Fi, Fi.sum(0) + lam * prior[r])
-    return out
-
-
-def fold_in(U, V, X, w0, lam, beta):
-    """Served user vectors plus beta x the implicit-ALS user step over V, at each user's norm."""
-    step = als_rows(V, X, np.zeros_like(U), w0, lam)
-    norm = np.linalg.norm(U, axis=1, keepdims=True) / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-12)
-    return U + beta * norm * step, V
-
-
 def als(U0, V0, X, w0, lam, sweeps):
-    """Alternating sweeps (users, then movies), each ridge pulling toward U0 / V0."""
+    """Alternating implicit-ALS sweeps (users, then movies), each row's ridge pulling toward U0 / V0."""
+    from recsys.foldin import als_rows
+
     U, V, Xt = U0, V0, X.T.tocsr()
     for _ in range(sweeps):
         U = als_rows(V, X, U0, w0, lam)
@@ -80,6 +60,7 @@ def main(argv=None) -> int:
     from recsys.errors import RecsysError
     from recsys.evaluation import Recommender, ranking_metrics
     from recsys.export import load_vectors
+    from recsys.foldin import als_rows, fold_in
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -119,7 +100,7 @@ def main(argv=None) -> int:
 
     def fit(method, p, X):
         if method == "fold-in":
-            return fold_in(U0, V0, X, p["w0"], p["lam"], p["beta"])
+            return fold_in(U0, V0, X, p["beta"], p["w0"], p["lam"]), V0
         if method == "ALS over the tower":
             return als(U0 * scale, V0 * scale, X, p["w0"], p["lam"], p["sweeps"])
         start = (rng.normal(0, 0.1, (len(U0), p["dim"])), rng.normal(0, 0.1, (len(V0), p["dim"])))

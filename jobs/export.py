@@ -17,7 +17,7 @@ from recsys.entrypoint import run_job  # noqa: E402
 def export(cfg, args) -> None:
     from recsys.export import export_vectors
 
-    info = export_vectors(cfg.paths.model, cfg.paths.prepared, cfg.paths.vectors)
+    info = export_vectors(cfg.paths.model, cfg.paths.prepared, cfg.paths.vectors, settings=cfg.export)
     print(f"exported {info['users']:,} users and {info['movies']:,} movies to {cfg.paths.vectors}")
 
 

@@ -325,6 +325,15 @@ class IndexConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Exported vectors (jobs/export.py): the optional implicit-ALS fold-in (recsys/foldin.py)."""
+
+    foldin_weight: float = 0.0  # > 0: each user's rank vector adds this x the fold-in step, at its norm
+    foldin_unobserved_weight: float = 3.0  # w0: the weight of each movie the user has not rated (rated: 1)
+    foldin_ridge: float = 1.0  # lambda of the step's ridge
+
+
+@dataclass
 class BiasBaselineConfig:
     """The user+item bias rating baseline (mu + b_u + b_m, ridge by alternating least squares)."""
 
@@ -434,6 +443,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     # Where this config came from (not a YAML key).
@@ -635,6 +645,9 @@ def _validate(cfg: Config, where: str) -> None:
          and cfg.model.lightgcn.layers >= 0, "model.lightgcn",
          "factors, negatives and max_edges must be at least 1, layers 0 or more"),
         (cfg.model.lightgcn.l2 >= 0, "model.lightgcn.l2", "must be 0 or more"),
+        (cfg.export.foldin_weight >= 0, "export.foldin_weight", "must be 0 (off) or positive"),
+        (cfg.export.foldin_unobserved_weight > 0 and cfg.export.foldin_ridge > 0, "export",
+         "foldin_unobserved_weight and foldin_ridge must be positive"),
         (cfg.index.rerank_full_scan_max >= 0, "index.rerank_full_scan_max", "must be 0 (never) or positive"),
         (cfg.index.rerank_candidates >= 1 and cfg.index.rerank_block_pairs >= 1, "index",
          "rerank_candidates and rerank_block_pairs must be at least 1"),

@@ -453,7 +453,7 @@ def served_directory(directory, cfg, workdir) -> Path:
 
     work = Path(workdir)
     paths = dataclasses.replace(cfg.paths, model=str(d), vectors=str(work / "vectors"), index=str(work / "index"))
-    export_vectors(d, cfg.paths.prepared, paths.vectors)
+    export_vectors(d, cfg.paths.prepared, paths.vectors, settings=cfg.export)
     build_serving_dir(dataclasses.replace(cfg, paths=paths))
     return Path(paths.index)
 

@@ -73,8 +73,12 @@ def _write_vectors(path: Path, id_name: str, table_path: Path, names: list[str],
     return rows
 
 
-def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path, batch: int = 8192) -> dict:
-    """Write users/movies vectors for every prepared user and movie; returns vectors.json."""
+def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path, batch: int = 8192,
+                   settings=None) -> dict:
+    """Write users/movies vectors for every prepared user and movie; returns vectors.json.
+
+    ``settings``: the config's ``export`` section (None: no fold-in); with ``foldin_weight`` > 0
+    a factorised model's user rank vectors are refined by :func:`_fold_in_users`."""
     from recsys.models import load_model
 
     from recsys.prepare.job import MANIFEST, load_manifest
@@ -90,19 +94,84 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
                                  trained.tower_names("user"), trained.user_vectors, trained.version, batch)
         n_movies = _write_vectors(tmp / "movies.parquet", "movie_id", prepared / "movies.parquet",
                                   trained.tower_names("movie"), trained.movie_vectors, trained.version, batch)
+        foldin = None
+        if settings is not None and settings.foldin_weight > 0:
+            if trained.model.factorised:
+                foldin = _fold_in_users(tmp, prepared, settings, batch)
+            else:
+                _log(f"export.foldin_weight ignored: the {trained.kind} model is scored by pairs, "
+                     f"its rank vectors only retrieve candidates")
         info = {
             "model_dir": str(Path(model_dir).resolve()), "prepared_dir": str(prepared.resolve()),
             "model_version": trained.version, "kind": trained.kind, "label": trained.model.label, "rates": trained.model.rates,
             "manifest_sha256": manifest_sha, "score_offset": trained.model.score_offset,
             "users": n_users, "movies": n_movies,
             "files": {name: sha256_file(tmp / name) for name in ("users.parquet", "movies.parquet")},
-            "factorised": trained.model.factorised,
+            "factorised": trained.model.factorised, "foldin": foldin,
             "user_features": trained.tower_names("user"), "movie_features": trained.tower_names("movie"),
             "form": (FACTORISED_FORM if trained.model.factorised else PAIR_FORM),
         }
         (tmp / "vectors.json").write_text(json.dumps(info, indent=2))
     _log(f"{n_users:,} user and {n_movies:,} movie vectors of the {trained.kind} model {trained.version} -> {out}")
     return info
+
+
+def _fold_in_users(tmp: Path, prepared: Path, settings, batch: int) -> dict:
+    """Rewrite ``tmp/users.parquet`` with each user's rank vector folded in (recsys/foldin.py) over
+    ``tmp/movies.parquet``'s rank vectors and the user's train + validation movies (the movies
+    serving excludes as seen). Users are rewritten ``batch`` at a time; the ratings are read as
+    two int32 row columns. Returns the settings used and the count of users changed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from scipy import sparse
+
+    from recsys.foldin import fold_in
+
+    import pandas as pd
+
+    movies = pq.read_table(tmp / "movies.parquet", columns=["movie_id", "rank"])
+    V = _matrix(movies, "rank").astype(np.float64)
+    mrow = pd.Index(movies.column("movie_id").to_numpy())
+    source = pq.ParquetFile(tmp / "users.parquet")
+    urow = pd.Index(pq.read_table(tmp / "users.parquet", columns=["user_id"]).column("user_id").to_numpy())
+    rows, cols = [], []
+    for split in ("train", "valid"):
+        path = prepared / f"ratings_{split}"
+        if path.exists():
+            pairs = pq.read_table(path, columns=["user_id", "movie_id"])
+            for index, key, out in ((urow, "user_id", rows), (mrow, "movie_id", cols)):
+                found = index.get_indexer(pairs.column(key).to_numpy())
+                if (found < 0).any():
+                    raise ArtifactError(f"{path}: {key} {pairs.column(key).to_numpy()[found < 0][0]} is not in the "
+                                        f"{key.split('_')[0]}s table of {prepared}: prepare the data again")
+                out.append(found.astype(np.int32))
+    r, c = (np.concatenate(x) if x else np.zeros(0, np.int32) for x in (rows, cols))
+    X = sparse.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(urow), len(V)))
+    X.sum_duplicates()
+    writer, start, changed = None, 0, 0
+    with_ratings = np.diff(X.indptr) > 0
+    try:
+        for rb in source.iter_batches(batch_size=batch):
+            table = pa.Table.from_batches([rb])
+            stop = start + len(table)
+            U = fold_in(_matrix(table, "rank"), V, X[start:stop], settings.foldin_weight,
+                        settings.foldin_unobserved_weight, settings.foldin_ridge)
+            changed += int(with_ratings[start:stop].sum())
+            rank = pa.FixedSizeListArray.from_arrays(pa.array(U.reshape(-1)), U.shape[1])
+            table = table.set_column(table.column_names.index("rank"), "rank", rank)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / "users.folded.parquet", table.schema)
+            writer.write_table(table)
+            start = stop
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp / "users.folded.parquet", tmp / "users.parquet")
+    _log(f"fold-in: {changed:,} of {len(urow):,} user rank vectors refined from {X.nnz:,} train + validation "
+         f"ratings (weight {settings.foldin_weight:g}, w0 {settings.foldin_unobserved_weight:g}, "
+         f"ridge {settings.foldin_ridge:g})")
+    return {"weight": settings.foldin_weight, "unobserved_weight": settings.foldin_unobserved_weight,
+            "ridge": settings.foldin_ridge, "users": changed}
 
 
 def check_same_data(a: Path, a_sha: str | None, b: Path, b_sha: str | None, fix: str) -> None:

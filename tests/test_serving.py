@@ -153,6 +153,49 @@ def test_cold_start_profiles_and_new_movies(rec):
     assert len(users) == 5 and all("user_id" in u for u in users)
 
 
+def test_export_foldin_refines_each_users_rank_vector_from_its_movies(served, tmp_path):
+    """export.foldin_weight > 0: every user's rank vector becomes u + w (|u| / |x*|) x*, x* the
+    implicit-ALS step over the exported movie rank vectors and the user's train + validation movies
+    (found here by a generic optimiser over the dense objective); score vectors, movie vectors and
+    the version stay as exported without it."""
+    import dataclasses
+
+    from scipy.optimize import minimize
+
+    from recsys.export import export_vectors, load_vectors
+
+    settings = dataclasses.replace(served.export, foldin_weight=0.5)
+    info = export_vectors(served.paths.model, served.paths.prepared, tmp_path / "vectors", settings=settings)
+    plain, folded = load_vectors(served.paths.vectors), load_vectors(tmp_path / "vectors")
+    assert info["foldin"] == {"weight": 0.5, "unobserved_weight": settings.foldin_unobserved_weight,
+                              "ridge": settings.foldin_ridge, "users": 943}
+    assert load_vectors(served.paths.vectors)["info"]["foldin"] is None
+    np.testing.assert_array_equal(plain["users"]["ids"], folded["users"]["ids"])
+    np.testing.assert_array_equal(plain["users"]["score"], folded["users"]["score"])
+    for name in ("score", "rank", "similarity"):
+        np.testing.assert_array_equal(plain["movies"][name], folded["movies"][name])
+    prepared = Path(served.paths.prepared)
+    seen = pd.concat([pd.read_parquet(prepared / f"ratings_{s}", columns=["user_id", "movie_id"])
+                      for s in ("train", "valid")])
+    V = plain["movies"]["rank"].astype(np.float64)
+    mrow = pd.Series(np.arange(len(V)), index=plain["movies"]["ids"])
+    w0, lam = settings.foldin_unobserved_weight, settings.foldin_ridge
+    for row in (0, 500, 942):
+        user = plain["users"]["ids"][row]
+        rated = np.zeros(len(V), bool)
+        rated[mrow.loc[seen.movie_id[seen.user_id == user]].to_numpy()] = True
+        weight = np.where(rated, 1.0, w0)
+
+        def objective(x):
+            return float((weight * (rated - V @ x) ** 2).sum() + lam * (x ** 2).sum())
+
+        step = minimize(objective, np.zeros(V.shape[1]), method="L-BFGS-B", options={"ftol": 1e-14, "gtol": 1e-10}).x
+        u = plain["users"]["rank"][row].astype(np.float64)
+        want = u + 0.5 * np.linalg.norm(u) / np.linalg.norm(step) * step
+        np.testing.assert_allclose(folded["users"]["rank"][row], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+        assert np.abs(folded["users"]["rank"][row] - u).max() > 1e-2
+
+
 def test_lists_errors_and_index_metadata(served, rec):
     assert len(rec.similar_movies(1, k=10)) == 10 and 1 not in [r["movie_id"] for r in rec.similar_movies(1, k=10)]
     assert len(rec.users_for_movie(1, k=7)) == 7
