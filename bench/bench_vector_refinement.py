@@ -71,6 +71,9 @@ def main(argv=None) -> int:
         vec = load_vectors(Path(args.vectors) / "vectors" if (Path(args.vectors) / "vectors").is_dir() else args.vectors)
     except RecsysError as err:
         sys.exit(f"error: {err}")
+    if vec["info"].get("foldin"):
+        sys.exit(f"error: {args.vectors} was exported with export.foldin_weight > 0: its user rank vectors are "
+                 f"already folded in; export the model with export.foldin_weight=0 to measure from the tower")
     if not vec["info"].get("factorised", True):
         sys.exit(f"error: {args.vectors} holds a model scored by pairs: it has no rank vectors to refine")
     rows = {}

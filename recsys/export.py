@@ -2,11 +2,13 @@
 
 ``vectors/users.parquet``: user_id (original id), score, rank (list<float32>), model_version
 ``vectors/movies.parquet``: movie_id (original id), score, rank, similarity, model_version
-``vectors/vectors.json``: model kind and version, score offset, widths, counts, sha256 of both files.
+``vectors/vectors.json``: model kind and version, score offset, widths, counts, sha256 of both files,
+and ``foldin``: the fold-in settings and the count of users refined (None when off).
 
 The vectors are the model contract's (recsys/models/contract.py): ``score(user, movie) =
 offset + <user score, movie score>``, top-k by ``<user rank, movie rank>``, similarity by
-the cosine of ``similarity``. For a model scored by pairs (``factorised`` false in
+the cosine of ``similarity``. With ``export.foldin_weight`` > 0 the users' rank vectors are then
+refined by the implicit-ALS fold-in (recsys/foldin.py): the same forms, other user rank vectors. For a model scored by pairs (``factorised`` false in
 vectors.json, e.g. NeuMF) the rank vectors are its candidate retriever and its score is the
 model's pair score (served by re-ranking, recsys/reranking.py); vectors.json names the
 features the model reads (``user_features``, ``movie_features``) so the index can carry them.
@@ -119,43 +121,50 @@ def export_vectors(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
 def _fold_in_users(tmp: Path, prepared: Path, settings, batch: int) -> dict:
     """Rewrite ``tmp/users.parquet`` with each user's rank vector folded in (recsys/foldin.py) over
     ``tmp/movies.parquet``'s rank vectors and the user's train + validation movies (the movies
-    serving excludes as seen). Users are rewritten ``batch`` at a time; the ratings are read as
+    serving excludes as seen). Users are rewritten ``batch`` at a time; the ratings are held as
     two int32 row columns. Returns the settings used and the count of users changed."""
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
     from scipy import sparse
 
-    from recsys.foldin import fold_in
+    from recsys.foldin import fold_in, gramian
+    from recsys.prepare.job import load_manifest
 
-    import pandas as pd
-
+    splits = [s for s in ("train", "valid") if s in load_manifest(prepared)["splits"]]
+    if "train" not in splits:
+        raise ArtifactError(f"{prepared}: the manifest lists no train split, so export.foldin_weight has no "
+                            f"history to fold in: prepare the data again, or set export.foldin_weight=0")
     movies = pq.read_table(tmp / "movies.parquet", columns=["movie_id", "rank"])
     V = _matrix(movies, "rank").astype(np.float64)
     mrow = pd.Index(movies.column("movie_id").to_numpy())
-    source = pq.ParquetFile(tmp / "users.parquet")
     urow = pd.Index(pq.read_table(tmp / "users.parquet", columns=["user_id"]).column("user_id").to_numpy())
     rows, cols = [], []
-    for split in ("train", "valid"):
+    for split in splits:
         path = prepared / f"ratings_{split}"
-        if path.exists():
-            pairs = pq.read_table(path, columns=["user_id", "movie_id"])
-            for index, key, out in ((urow, "user_id", rows), (mrow, "movie_id", cols)):
-                found = index.get_indexer(pairs.column(key).to_numpy())
-                if (found < 0).any():
-                    raise ArtifactError(f"{path}: {key} {pairs.column(key).to_numpy()[found < 0][0]} is not in the "
-                                        f"{key.split('_')[0]}s table of {prepared}: prepare the data again")
-                out.append(found.astype(np.int32))
-    r, c = (np.concatenate(x) if x else np.zeros(0, np.int32) for x in (rows, cols))
+        pairs = pq.read_table(path, columns=["user_id", "movie_id"])
+        for index, key, out in ((urow, "user_id", rows), (mrow, "movie_id", cols)):
+            found = index.get_indexer(pairs.column(key).to_numpy())
+            if (found < 0).any():
+                raise ArtifactError(f"{path}: {key} {pairs.column(key).to_numpy()[found < 0][0]} is not in the "
+                                    f"{key.split('_')[0]}s table of {prepared}: prepare the data again")
+            out.append(found.astype(np.int32))
+        del pairs, found
+    r, c = (np.concatenate(x) for x in (rows, cols))
+    del rows, cols
     X = sparse.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(urow), len(V)))
+    del r, c
     X.sum_duplicates()
+    gram = gramian(V, settings.foldin_unobserved_weight, settings.foldin_ridge)  # shared by every batch
     writer, start, changed = None, 0, 0
     with_ratings = np.diff(X.indptr) > 0
+    source = pq.ParquetFile(tmp / "users.parquet")
     try:
         for rb in source.iter_batches(batch_size=batch):
             table = pa.Table.from_batches([rb])
             stop = start + len(table)
             U = fold_in(_matrix(table, "rank"), V, X[start:stop], settings.foldin_weight,
-                        settings.foldin_unobserved_weight, settings.foldin_ridge)
+                        settings.foldin_unobserved_weight, settings.foldin_ridge, gram)
             changed += int(with_ratings[start:stop].sum())
             rank = pa.FixedSizeListArray.from_arrays(pa.array(U.reshape(-1)), U.shape[1])
             table = table.set_column(table.column_names.index("rank"), "rank", rank)
@@ -164,9 +173,11 @@ def _fold_in_users(tmp: Path, prepared: Path, settings, batch: int) -> dict:
             writer.write_table(table)
             start = stop
     finally:
+        source.close()
         if writer is not None:
             writer.close()
-    os.replace(tmp / "users.folded.parquet", tmp / "users.parquet")
+    if writer is not None:  # an empty users table has nothing to rewrite
+        os.replace(tmp / "users.folded.parquet", tmp / "users.parquet")
     _log(f"fold-in: {changed:,} of {len(urow):,} user rank vectors refined from {X.nnz:,} train + validation "
          f"ratings (weight {settings.foldin_weight:g}, w0 {settings.foldin_unobserved_weight:g}, "
          f"ridge {settings.foldin_ridge:g})")

@@ -19,16 +19,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def als_rows(F: np.ndarray, X, prior: np.ndarray, w0: float, lam: float) -> np.ndarray:
+def gramian(F: np.ndarray, w0: float, lam: float) -> np.ndarray:
+    """``w0 F^T F + lam I`` [d, d] float64: the part of every row's system shared by all rows."""
+    F = np.asarray(F, np.float64)
+    return w0 * F.T @ F + lam * np.eye(F.shape[1])
+
+
+def als_rows(F: np.ndarray, X, prior: np.ndarray, w0: float, lam: float, gram: np.ndarray | None = None) -> np.ndarray:
     """The implicit-ALS row step for every row of ``X``.
 
     ``F``: [n, d] fixed factors; ``X``: binary scipy CSR [rows, n] (a row's entries weigh 1 with
     target 1, every other column weighs ``w0`` with target 0); ``prior``: [rows, d], the centre
-    of the ridge ``lam |x - prior_r|^2``. Returns [rows, d] float64; a row without entries keeps
-    its prior. Needs ``lam > 0`` and ``w0 > 0``: the system is then positive definite."""
+    of the ridge ``lam |x - prior_r|^2``; ``gram``: :func:`gramian` of the same arguments when
+    already computed (callers that step many blocks of rows). Returns [rows, d] float64; a row
+    without entries keeps its prior. Needs ``lam > 0`` and ``w0 > 0``: the system is then
+    positive definite (it is sum over the row's entries of F_i F_i^T plus w0 times the rest,
+    plus lam I)."""
     F = np.asarray(F, np.float64)
-    d = F.shape[1]
-    gram = w0 * F.T @ F + lam * np.eye(d)
+    gram = gramian(F, w0, lam) if gram is None else gram
     out = np.array(prior, np.float64, copy=True)
     for r in range(X.shape[0]):
         cols = X.indices[X.indptr[r]:X.indptr[r + 1]]
@@ -38,12 +46,16 @@ def als_rows(F: np.ndarray, X, prior: np.ndarray, w0: float, lam: float) -> np.n
     return out
 
 
-def fold_in(U: np.ndarray, V: np.ndarray, X, weight: float, w0: float, lam: float) -> np.ndarray:
+def fold_in(U: np.ndarray, V: np.ndarray, X, weight: float, w0: float, lam: float,
+            gram: np.ndarray | None = None) -> np.ndarray:
     """``U`` [users, d] plus ``weight`` x the implicit-ALS user step over ``V`` [movies, d] and
     the users' movies ``X`` (binary CSR [users, movies]), each step scaled to its user's |U_u|.
-    Returns float32 [users, d]; rows of ``X`` without entries return ``U`` unchanged."""
+    Every coordinate is refined, a constant one too (the rating network's ``1`` that carries the
+    popularity prior: each user's prior weight moves with the step). ``gram``: :func:`gramian`
+    of ``V``, ``w0``, ``lam`` when already computed. Returns float32 [users, d]; rows of ``X``
+    without entries return ``U`` unchanged."""
     U = np.asarray(U, np.float64)
-    step = als_rows(V, X, np.zeros_like(U), w0, lam)
+    step = als_rows(V, X, np.zeros_like(U), w0, lam, gram)
     norm = np.linalg.norm(step, axis=1, keepdims=True)
     scale = np.divide(np.linalg.norm(U, axis=1, keepdims=True), norm, out=np.zeros_like(norm), where=norm > 0)
     return (U + weight * scale * step).astype(np.float32)

@@ -137,6 +137,7 @@ def build_serving_dir(cfg) -> dict:
                         for name, (index, form, query) in built.items()},
             "files": {name: sha256_file(tmp / name) for name in files},
             "factorised": factorised,
+            "foldin": info.get("foldin"),  # the export's implicit-ALS fold-in of the user rank vectors, or None
         }
         if not factorised:
             index_info.update({
@@ -158,7 +159,9 @@ def ranked_by(info: dict) -> str:
     entry = info["indexes"]["movies_ip"]
     retriever = f"the retriever index movies_ip ({entry['type']}, measured recall {entry['recall_at_k']:.3f})"
     if info.get("factorised", True):
-        return f"inner product of rank vectors through {retriever}"
+        foldin = info.get("foldin")
+        users = f" (user rank vectors with the implicit-ALS fold-in, weight {foldin['weight']:g})" if foldin else ""
+        return f"inner product of rank vectors{users} through {retriever}"
     return RerankPlan.from_json(info["reranking"]["movies"]).describe(retriever)
 
 

@@ -130,6 +130,10 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
     ("index.approximate=IVFbogus", "index.approximate"),
     ("index.approximate=PQ7", "index.approximate"),  # 32/33-dim vectors: not a multiple of 7
     ("index.approximate=", "index.approximate"),
+    ("export.foldin_weight=-0.5", "export.foldin_weight"),
+    ("export.foldin_weight=.nan", "export.foldin_weight"),
+    ("export.foldin_ridge=0", "export"),
+    ("export.foldin_unobserved_weight=.inf", "export"),
 ])
 def test_nonsense_values_are_one_error_line_at_config_time(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):

@@ -30,7 +30,11 @@ of two forms (the class attribute ``factorised``):
 
 Nothing outside ``recsys/models/`` knows a formula: export writes these vectors, the index
 holds them, serving and evaluation rank through the index (and, for a model scored by
-pairs, through ``pair_scores``), branching only on ``factorised``.
+pairs, through ``pair_scores``), branching only on ``factorised``. The one step after the
+model, off by default, is the export's implicit-ALS fold-in (``export.foldin_weight``,
+recsys/foldin.py): for a factorised model it replaces each user's rank vector with one refined
+from the movies' rank vectors and the user's own movies, any model alike (``<user rank, movie
+rank>`` stays the top-k order, and a model whose rank equals its score no longer has them equal).
 
 The artifact (:class:`ModelArtifact`) is one directory: ``model.json`` (kind, model config,
 feature spec and settings, training statistics, validation metric, sha256 of every file),
