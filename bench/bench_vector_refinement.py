@@ -44,14 +44,15 @@ GRIDS = {
 }
 
 
-def als(U0, V0, X, w0, lam, sweeps):
-    """Alternating implicit-ALS sweeps (users, then movies), each row's ridge pulling toward U0 / V0."""
+def als(V, X, prior_u, prior_v, w0, lam, sweeps):
+    """Alternating implicit-ALS sweeps from movie factors ``V`` (users, then movies), each row's
+    ridge pulling toward its row of ``prior_u`` / ``prior_v``."""
     from recsys.foldin import als_rows
 
-    U, V, Xt = U0, V0, X.T.tocsr()
+    Xt = X.T.tocsr()
     for _ in range(sweeps):
-        U = als_rows(V, X, U0, w0, lam)
-        V = als_rows(U, Xt, V0, w0, lam)
+        U = als_rows(V, X, prior_u, w0, lam)
+        V = als_rows(U, Xt, prior_v, w0, lam)
     return U, V
 
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     from recsys.errors import RecsysError
     from recsys.evaluation import Recommender, ranking_metrics
     from recsys.export import load_vectors
-    from recsys.foldin import als_rows, fold_in
+    from recsys.foldin import fold_in
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -105,13 +106,11 @@ def main(argv=None) -> int:
         if method == "fold-in":
             return fold_in(U0, V0, X, p["beta"], p["w0"], p["lam"]), V0
         if method == "ALS over the tower":
-            return als(U0 * scale, V0 * scale, X, p["w0"], p["lam"], p["sweeps"])
-        start = (rng.normal(0, 0.1, (len(U0), p["dim"])), rng.normal(0, 0.1, (len(V0), p["dim"])))
-        U, V = start
-        for _ in range(p["sweeps"]):  # toward zero: plain implicit ALS
-            U = als_rows(V, X, np.zeros_like(U), p["w0"], p["lam"])
-            V = als_rows(U, X.T.tocsr(), np.zeros_like(V), p["w0"], p["lam"])
-        return U, V
+            return als(V0 * scale, X, U0 * scale, V0 * scale, p["w0"], p["lam"], p["sweeps"])
+        # plain implicit ALS: a small random start (users' drawn first, then overwritten by the first
+        # sweep), the ridge toward zero
+        start_u, start_v = rng.normal(0, 0.1, (len(U0), p["dim"])), rng.normal(0, 0.1, (len(V0), p["dim"]))
+        return als(start_v, X, np.zeros_like(start_u), np.zeros_like(start_v), p["w0"], p["lam"], p["sweeps"])
 
     print(f"{cfg.paths.prepared}, vectors {args.vectors} ({U0.shape[1]} rank dimensions): NDCG@10")
     print("| method | chosen on validation | validation | test |\n|---|---|---:|---:|")

@@ -8,8 +8,8 @@ and ``foldin``: the fold-in settings and the count of users refined (None when o
 The vectors are the model contract's (recsys/models/contract.py): ``score(user, movie) =
 offset + <user score, movie score>``, top-k by ``<user rank, movie rank>``, similarity by
 the cosine of ``similarity``. With ``export.foldin_weight`` > 0 the users' rank vectors are then
-refined by the implicit-ALS fold-in (recsys/foldin.py): the same forms, other user rank vectors. For a model scored by pairs (``factorised`` false in
-vectors.json, e.g. NeuMF) the rank vectors are its candidate retriever and its score is the
+refined by the implicit-ALS fold-in (recsys/foldin.py): the same forms, other user rank vectors.
+For a model scored by pairs (``factorised`` false in vectors.json, e.g. NeuMF) the rank vectors are its candidate retriever and its score is the
 model's pair score (served by re-ranking, recsys/reranking.py); vectors.json names the
 features the model reads (``user_features``, ``movie_features``) so the index can carry them.
 Export knows no model's formula.
@@ -126,8 +126,8 @@ def _fold_in_users(tmp: Path, prepared: Path, settings, batch: int) -> dict:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from scipy import sparse
 
+    from recsys.evaluation import pair_matrix
     from recsys.foldin import fold_in, gramian
     from recsys.prepare.job import load_manifest
 
@@ -150,11 +150,8 @@ def _fold_in_users(tmp: Path, prepared: Path, settings, batch: int) -> dict:
                                     f"{key.split('_')[0]}s table of {prepared}: prepare the data again")
             out.append(found.astype(np.int32))
         del pairs, found
-    r, c = (np.concatenate(x) for x in (rows, cols))
+    X = pair_matrix(pd.DataFrame({"u": np.concatenate(rows), "m": np.concatenate(cols)}), len(urow), len(V))
     del rows, cols
-    X = sparse.csr_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(urow), len(V)))
-    del r, c
-    X.sum_duplicates()
     gram = gramian(V, settings.foldin_unobserved_weight, settings.foldin_ridge)  # shared by every batch
     writer, start, changed = None, 0, 0
     with_ratings = np.diff(X.indptr) > 0
