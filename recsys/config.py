@@ -261,6 +261,9 @@ class ModelConfig:
     user_history_length: int = 0  # movies a user rated in training (latest first) pooled into the user tower (0: off)
     # with a history: the top-k score adds FISM's <pooled history, q_m> (the rank vectors gain embedding_dim)
     history_retrieval: bool = False
+    # with history_retrieval: the FISM term's movie side is the history embedding itself (one table for
+    # both sides of <pooled history, q_m>) instead of a table of its own
+    history_tied: bool = False
     retrieval_weight: float = 0.3  # weight of the softmax retrieval loss (0: off)
     retrieval_temperature: float = 0.1
     retrieval_dim: int = 32  # extra retrieval-only dimensions of u and m (top-k score only; 0: none)

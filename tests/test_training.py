@@ -130,6 +130,41 @@ def test_score_is_mu_plus_biases_plus_dot(prepared, history, tmp_path):
     np.testing.assert_allclose(again.score(x).numpy(), pred, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_fism_term_of_the_rank_score(prepared, tied):
+    """``model.history_retrieval``: the rank vectors' FISM blocks multiply to the mean over the user's
+    history of ``<P_j, Q_m>``; with ``model.history_tied`` Q is P itself (one movie table, no
+    ``history_target`` variable), without it Q is a table of its own."""
+    import tensorflow as tf
+
+    from recsys.models import build_model
+    from recsys.prepare.job import load_manifest
+    from recsys.prepare.tfrecords import read_shards
+
+    base, overrides = prepared
+    m = load_manifest(base / "prepared")
+    cfg = load_config(ROOT / "conf/default.yaml", overrides + [
+        "model.user_history_length=8", "model.history_retrieval=true", f"model.history_tied={str(tied).lower()}"])
+    model = build_model(m["features"], m["stats"], cfg.model)
+    model.prepare(base / "prepared")
+    names = [v.name for v in model.trainable_variables]
+    assert any("history_target" in n for n in names) is not tied
+    data = read_shards([str(base / "prepared" / s["path"]) for s in m["splits"]["test"]["shards"]],
+                       m["features"]["features"])
+    x = {k: tf.constant(v[:64]) for k, v in data.items() if k != "rating"}
+    width = cfg.model.embedding_dim
+    user_fism = model.user_vectors(x)["rank"].numpy()[:, -width - 1:-1]
+    movie_fism = model.movie_vectors(x)["rank"].numpy()[:, -width - 1:-1]
+    p = model.user_tower.history_embedding.embeddings.numpy()
+    q = p if tied else model.history_target.embeddings.numpy()
+    table = model.user_tower.history.numpy()[data["user_id"][:64]]  # [64, 8], 0-padded
+    expected = np.array([np.mean([p[j] @ q[mid] for j in row[row != 0]]) if (row != 0).any() else 0.0
+                         for row, mid in zip(table, data["movie_id"][:64])])
+    assert (table != 0).any(axis=1).sum() > 32  # most test users have a training history
+    np.testing.assert_allclose((user_fism * movie_fism).sum(1), expected, rtol=1e-4, atol=1e-6)
+    if not tied:  # a table of its own: the term is not <P_j, P_m>
+        assert not np.allclose(movie_fism, p[data["movie_id"][:64]])
+
 def test_non_finite_loss_stops_with_one_line(prepared, tmp_path):
     """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs.
     The losses are read every 7 steps (of about 40 per epoch): the line names the first non-finite

@@ -210,7 +210,7 @@ class RatingNetwork(RecModel):
     rates = True
     default_validation_metric = RMSE
     shape_keys = ("kind", "embedding_dim", "hidden_units", "output_dim", "title_kernel_heights", "title_filters",
-                  "id_bias", "user_history_length", "retrieval_dim", "history_retrieval")
+                  "id_bias", "user_history_length", "retrieval_dim", "history_retrieval", "history_tied")
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:
@@ -235,7 +235,8 @@ class RatingNetwork(RecModel):
         # FISM term of the top-k score: <pooled history of the user, q_m> (model.history_retrieval)
         self.history_target = keras.layers.Embedding(movie_id["vocab_size"], cfg.embedding_dim, name="history_target",
                                                      embeddings_regularizer=_reg(cfg)) \
-            if cfg.history_retrieval and cfg.user_history_length > 0 else None  # built whatever the weight (resume)
+            if cfg.history_retrieval and cfg.user_history_length > 0 and not cfg.history_tied \
+            else None  # built whatever the weight (resume)
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
         # log q_m, every movie's share of the training ratings (a non-trainable weight, set by prepare()
         # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity.
@@ -334,7 +335,8 @@ class RatingNetwork(RecModel):
             if not training and self.cfg.retrieval_popularity > 0:
                 prior += self.cfg.retrieval_popularity * f32(tf.gather(self.log_popularity, x["movie_id"]))
             if self.fism:
-                m_r = tf.concat([m_r, f32(self.history_target(x["movie_id"]))], axis=-1)
+                target = self.user_tower.history_embedding if self.cfg.history_tied else self.history_target
+                m_r = tf.concat([m_r, f32(target(x["movie_id"]))], axis=-1)
             rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
         else:
             rank = score
