@@ -556,12 +556,16 @@ def _check_resumed_config(run: Run) -> None:
     if not path.is_file():
         return
     saved, new = _flat(json.loads(path.read_text())), _flat(run.cfg.to_dict())
-    # a key the saved config lacks was added to recsys after that run: its value here is logged, not compared
-    for k in sorted(set(new) - set(saved)):
-        _log(f"--resume: {k} is not in the checkpointed run's config (a newer setting); using {new[k]!r}")
-    differ = sorted(k for k in set(saved) & set(new) if saved.get(k) != new.get(k))
     # only the keys that decide the model's variables stop a resume; other model keys are logged below
     shape = {f"model.{k}" for k in type(run.model).shape_keys}
+    # a key the saved config lacks was added to recsys after that run: its value here is logged; for a
+    # key that shapes the model, that run had the key's default, which is what it is compared with
+    defaults = _flat(type(run.cfg)().to_dict())
+    for k in sorted(set(new) - set(saved)):
+        _log(f"--resume: {k} is not in the checkpointed run's config (a newer setting); using {new[k]!r}")
+        if k in shape and k in defaults:
+            saved[k] = defaults[k]
+    differ = sorted(k for k in set(saved) & set(new) if saved.get(k) != new.get(k))
     model_keys = [k for k in differ if k in shape]
     if model_keys:
         raise ConfigError("--resume: the model differs from the checkpointed run's ("

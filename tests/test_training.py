@@ -69,6 +69,28 @@ def test_resume_continues_from_checkpoint(prepared, tmp_path):
     assert json.loads((model_dir / "model.json").read_text())["epochs_run"] == 2
 
 
+def test_resume_compares_a_model_key_the_checkpointed_run_predates_with_its_default(tmp_path):
+    """A run written before a model-shaping key existed (``model.history_tied`` here) had that key's
+    default: resuming with the default goes on, resuming with another value stops with one line."""
+    from types import SimpleNamespace
+
+    from recsys.errors import ConfigError
+    from recsys.models.rating_network import RatingNetwork
+    from recsys.training import RUN_CONFIG, _check_resumed_config
+
+    older = load_config(ROOT / "conf/default.yaml", ["model.history_retrieval=true"]).to_dict()
+    del older["model"]["history_tied"]
+    (tmp_path / RUN_CONFIG).write_text(json.dumps(older))
+
+    def run(*sets):
+        cfg = load_config(ROOT / "conf/default.yaml", ["model.history_retrieval=true", *sets])
+        return SimpleNamespace(model_dir=tmp_path, cfg=cfg, model=RatingNetwork.__new__(RatingNetwork))
+
+    _check_resumed_config(run())  # the default: the same model
+    with pytest.raises(ConfigError, match=r"model\.history_tied False -> True"):
+        _check_resumed_config(run("model.history_tied=true"))
+
+
 def test_popularity_grid_keeps_the_best_validation_value_in_the_artifact(prepared, tmp_path):
     import re
 
@@ -164,6 +186,7 @@ def test_fism_term_of_the_rank_score(prepared, tied):
     np.testing.assert_allclose((user_fism * movie_fism).sum(1), expected, rtol=1e-4, atol=1e-6)
     if not tied:  # a table of its own: the term is not <P_j, P_m>
         assert not np.allclose(movie_fism, p[data["movie_id"][:64]])
+
 
 def test_non_finite_loss_stops_with_one_line(prepared, tmp_path):
     """A learning rate that makes the loss explode: one error line naming epoch, step and the knobs.
