@@ -9,10 +9,10 @@ The vectors are the model contract's (recsys/models/contract.py): ``score(user, 
 offset + <user score, movie score>``, top-k by ``<user rank, movie rank>``, similarity by
 the cosine of ``similarity``. With ``export.foldin_weight`` > 0 the users' rank vectors are then
 refined by the implicit-ALS fold-in (recsys/foldin.py): the same forms, other user rank vectors.
-For a model scored by pairs (``factorised`` false in vectors.json, e.g. NeuMF) the rank vectors are its candidate retriever and its score is the
-model's pair score (served by re-ranking, recsys/reranking.py); vectors.json names the
-features the model reads (``user_features``, ``movie_features``) so the index can carry them.
-Export knows no model's formula.
+For a model scored by pairs (``factorised`` false in vectors.json, e.g. NeuMF) the rank vectors
+are its candidate retriever and its score is the model's pair score (served by re-ranking,
+recsys/reranking.py); vectors.json names the features the model reads (``user_features``,
+``movie_features``) so the index can carry them. Export knows no model's formula.
 
 Every user and movie of the prepared tables is exported, including those never seen in
 training (their id maps to the OOV row, so their vector comes from attributes alone: the

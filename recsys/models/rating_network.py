@@ -232,11 +232,11 @@ class RatingNetwork(RecModel):
         # Retrieval prior c_m (log-popularity scale), learnt only by the retrieval loss
         self.movie_prior = keras.layers.Embedding(movie_id["vocab_size"], 1, embeddings_initializer="zeros",
                                                   name="movie_prior")
-        # FISM term of the top-k score: <pooled history of the user, q_m> (model.history_retrieval)
+        # FISM term of the top-k score: <pooled history of the user, q_m> (model.history_retrieval); q_m's
+        # own table, built whatever the weight (resume), unless model.history_tied makes it the history's
         self.history_target = keras.layers.Embedding(movie_id["vocab_size"], cfg.embedding_dim, name="history_target",
                                                      embeddings_regularizer=_reg(cfg)) \
-            if cfg.history_retrieval and cfg.user_history_length > 0 and not cfg.history_tied \
-            else None  # built whatever the weight (resume)
+            if cfg.history_retrieval and cfg.user_history_length > 0 and not cfg.history_tied else None
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
         # log q_m, every movie's share of the training ratings (a non-trainable weight, set by prepare()
         # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity.
