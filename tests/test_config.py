@@ -153,6 +153,17 @@ def test_catalog_negatives_need_the_retrieval_loss():
         load_config(ROOT / "conf/ml-100k.yaml", ["model.retrieval_negatives=catalog", "model.retrieval_weight=0"])
 
 
+def test_fism_options_need_what_they_change():
+    """``model.history_retrieval`` pools the user's history and ``model.history_tied`` ties that term's
+    table: each would be silently ignored without the other's prerequisite, so it stops at config time."""
+    fism = ["model.user_history_length=5", "model.history_retrieval=true"]
+    load_config(ROOT / "conf/ml-100k.yaml", [*fism, "model.history_tied=true"])  # together: fine
+    with pytest.raises(ConfigError, match="key 'model.history_retrieval'.*model.user_history_length above 0"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.history_retrieval=true"])
+    with pytest.raises(ConfigError, match="key 'model.history_tied'.*needs model.history_retrieval"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.user_history_length=5", "model.history_tied=true"])
+
+
 def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():
     import numpy as np
 

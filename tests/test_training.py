@@ -78,12 +78,13 @@ def test_resume_compares_a_model_key_the_checkpointed_run_predates_with_its_defa
     from recsys.models.rating_network import RatingNetwork
     from recsys.training import RUN_CONFIG, _check_resumed_config
 
-    older = load_config(ROOT / "conf/default.yaml", ["model.history_retrieval=true"]).to_dict()
+    fism = ["model.user_history_length=8", "model.history_retrieval=true"]
+    older = load_config(ROOT / "conf/default.yaml", fism).to_dict()
     del older["model"]["history_tied"]
     (tmp_path / RUN_CONFIG).write_text(json.dumps(older))
 
     def run(*sets):
-        cfg = load_config(ROOT / "conf/default.yaml", ["model.history_retrieval=true", *sets])
+        cfg = load_config(ROOT / "conf/default.yaml", [*fism, *sets])
         return SimpleNamespace(model_dir=tmp_path, cfg=cfg, model=RatingNetwork.__new__(RatingNetwork))
 
     _check_resumed_config(run())  # the default: the same model
