@@ -238,6 +238,23 @@ class LightGCNConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """The rating network's item autoencoder (``model.autoencoder``, recsys/models/item_autoencoder.py):
+    I-AutoRec fitted after the network and blended into the served rating."""
+
+    units: int = 0  # sigmoid units K of the encoder (0: off; I-AutoRec's paper uses 500)
+    l2: float = 300.0  # L2 weight on the encoder and decoder tables, once per epoch
+    epochs: int = 300  # most epochs; the validation epoch with the best blend is kept
+    validate_every: int = 10  # epochs between validation checks
+    raters: int = 1000  # each movie's latest training raters in its input column (memory: movies x raters)
+    movies_per_step: int = 128  # movie columns per optimizer step
+    learning_rate: float = 0.001  # Adam
+    # the autoencoder's share a of the served rating N + a (A - N), chosen on validation RMSE with the
+    # epoch (0, the network alone, when no share beats it)
+    share_grid: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+
+
+@dataclass
 class ModelConfig:
     """Which model (``kind``) and its knobs. The rating network's knobs are the block's own keys;
     every other model has its own sub-block named after its kind (``model.bpr``, ``model.neumf``,
@@ -278,6 +295,7 @@ class ModelConfig:
     # training movie of the catalog (catalog: exact softmax; batch x catalog logits per step)
     retrieval_negatives: str = field(default="in_batch", metadata=_choices("in_batch", "catalog"))
     retrieval_catalog_max: int = 20000  # catalog negatives: a larger training catalog stops before training
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # item autoencoder (units 0: off)
     unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     neumf: NeuMFConfig = field(default_factory=NeuMFConfig)
@@ -665,6 +683,16 @@ def _validate(cfg: Config, where: str) -> None:
          "needs model.user_history_length above 0 (the FISM term pools the user's history)"),
         (not cfg.model.history_tied or cfg.model.history_retrieval, "model.history_tied",
          "needs model.history_retrieval (it ties that FISM term's movie table to the history's)"),
+        (cfg.model.autoencoder.units >= 0, "model.autoencoder.units", "must be 0 (off) or positive"),
+        (cfg.model.autoencoder.units == 0 or cfg.model.kind == "rating", "model.autoencoder.units",
+         f"the item autoencoder is part of the rating network (model.kind: rating), not model.kind={cfg.model.kind}"),
+        (min(cfg.model.autoencoder.epochs, cfg.model.autoencoder.validate_every, cfg.model.autoencoder.raters,
+             cfg.model.autoencoder.movies_per_step) >= 1, "model.autoencoder",
+         "epochs, validate_every, raters and movies_per_step must be at least 1"),
+        (cfg.model.autoencoder.l2 >= 0 and cfg.model.autoencoder.learning_rate > 0, "model.autoencoder",
+         "l2 must be 0 or more and learning_rate positive"),
+        (bool(cfg.model.autoencoder.share_grid) and all(0 < a <= 1 for a in cfg.model.autoencoder.share_grid),
+         "model.autoencoder.share_grid", "must list shares in (0, 1] (the autoencoder's part of the served rating)"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
         (cfg.train.finite_check_steps >= 1, "train.finite_check_steps", "must be at least 1"),

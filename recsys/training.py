@@ -338,10 +338,14 @@ def inputs(run: Run, rank: int, size: int):
     # precision: one batch shape (a shard's last block is short), so the step is traced and XLA-compiled once
     train_ds = static_batches(train_ds, run.batch_examples)
     train_ds = prefetch_to_device(train_ds)  # precision: batches copied to this rank's GPU ahead (none on CPU)
+    return iter(train_ds), validation_dataset(run, rank, size)
+
+
+def validation_dataset(run: Run, rank: int, size: int):
+    """This rank's share of the validation split (every record when ``size`` is 1), batches of 8,192."""
     valid_files = [str(run.prepared / s["path"]) for s in run.manifest["splits"]["valid"]["shards"]]
-    valid_ds = make_dataset(valid_files, run.features, max(1, 8192 // epr), record_shard=(rank, size),
-                            threads=run.threads)
-    return iter(train_ds), valid_ds
+    return make_dataset(valid_files, run.features, max(1, 8192 // run.manifest["examples_per_record"]),
+                        record_shard=(rank, size), threads=run.threads)
 
 
 @contextlib.contextmanager
@@ -729,13 +733,17 @@ def finish(run: Run, progress) -> dict | None:
     """Rank 0: reload the best weights (strictly) and write the model artifact; returns model.json."""
     if run.hvd.rank() != 0:
         return None
-    from recsys.models.contract import WEIGHTS, read_weights, write_artifact
+    from recsys.models.contract import WEIGHTS, read_weights, write_artifact, write_weights
 
     if not Path(str(run.model_dir / WEIGHTS) + ".index").is_file():
         raise ArtifactError(f"no best weights in {run.model_dir / WEIGHTS}: no epoch finished with a finite "
                             "validation metric")
     read_weights(run.model, run.model_dir / WEIGHTS)
     tune_popularity(run)
+    # parts a model fits apart from its network, after it (the rating network's item autoencoder)
+    finalized = run.model.finalize(validation_dataset(run, 0, 1), run.cfg.train.seed, _log)
+    if finalized is not None:
+        write_weights(run.model, run.model_dir / WEIGHTS)
     best = min(progress.history, key=lambda h: h["valid_selection"]) if progress.history else {}
     summary = {
         "kind": run.model.kind, "rates": run.model.rates, "model_config": run.cfg.to_dict()["model"],
@@ -745,7 +753,7 @@ def finish(run: Run, progress) -> dict | None:
                                                         if k.startswith("valid_") and k != "valid_selection"},
         f"best_valid_{run.metric}": best.get(f"valid_{run.metric}"),
         "epochs_run": len(progress.history), "history": progress.history,
-        "train_seconds": time.time() - run.started,
+        "train_seconds": time.time() - run.started, **(finalized or {}),
     }
     info = write_artifact(run.model_dir, run.prepared, run.manifest, summary)
     _log(f"saved {run.model_dir} (best valid {run.metric} {summary[f'best_valid_{run.metric}']:.4f})")

@@ -164,6 +164,19 @@ def test_fism_options_need_what_they_change():
         load_config(ROOT / "conf/ml-100k.yaml", ["model.user_history_length=5", "model.history_tied=true"])
 
 
+def test_item_autoencoder_settings_are_checked_at_config_time():
+    """The item autoencoder belongs to the rating network; a share outside (0, 1] or an empty grid
+    would serve a rating outside the blend, so each stops naming its key."""
+    load_config(ROOT / "conf/ml-100k.yaml", ["model.autoencoder.units=500"])  # fine
+    with pytest.raises(ConfigError, match="key 'model.autoencoder.units'.*part of the rating network.*kind=bpr"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.autoencoder.units=500", "model.kind=bpr"])
+    for grid in ("[]", "[0.5,1.5]", "[0]"):
+        with pytest.raises(ConfigError, match="key 'model.autoencoder.share_grid'.*shares in \\(0, 1\\]"):
+            load_config(ROOT / "conf/ml-100k.yaml", [f"model.autoencoder.share_grid={grid}"])
+    with pytest.raises(ConfigError, match="key 'model.autoencoder'.*raters"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.autoencoder.raters=0"])
+
+
 def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():
     import numpy as np
 

@@ -216,6 +216,7 @@ class ModelContract(RecommenderContract):
     """Inherit with ``kind`` and ``numpy_vectors``; the fixtures train, export and index the model."""
 
     kind = "?"
+    extra_sets: tuple[str, ...] = ()  # more --set overrides of this model's config
 
     def numpy_vectors(self, weights, users: pd.DataFrame, movies: pd.DataFrame, info: dict):
         """From the raw checkpoint values ``weights`` (name -> array): (user rank [U, R], movie rank
@@ -234,13 +235,13 @@ class ModelContract(RecommenderContract):
 
         base, overrides = train_data
         tmp = tmp_path_factory.mktemp(f"contract-{self.kind}")
-        sets = overrides + SMALL + [f"model.kind={self.kind}", f"paths.model={tmp}/model",
-                                    f"paths.vectors={tmp}/vectors", f"paths.index={tmp}/index"]
+        own = SMALL + [f"model.kind={self.kind}", *self.extra_sets]
+        sets = overrides + own + [f"paths.model={tmp}/model", f"paths.vectors={tmp}/vectors", f"paths.index={tmp}/index"]
         proc = subprocess.run(train_cmd(sets, 1, tmp / "model", "--set", "train.epochs=2",
-                                        *[a for o in SMALL + [f"model.kind={self.kind}"] for a in ("--set", o)]),
+                                        *[a for o in own for a in ("--set", o)]),
                               env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        request.cls.overrides = sets + SMALL + [f"model.kind={self.kind}"]
+        request.cls.overrides = sets + own
         cfg = load_config(ROOT / "conf/default.yaml", sets)
         export_vectors(cfg.paths.model, cfg.paths.prepared, cfg.paths.vectors)
         build_serving_dir(cfg)
@@ -425,6 +426,31 @@ class TestRatingNetworkContract(ModelContract):
         user_rank = np.hstack([u, u_r, np.ones((len(u), 1))])
         movie_rank = np.hstack([m, m_r, temp * prior[:, None]])
         return user_rank, movie_rank, scores
+
+
+class TestRatingNetworkWithAutoencoderContract(TestRatingNetworkContract):
+    """The rating network with its item autoencoder: served ratings ``N + a k_u k_m (A - N)``, with
+    I-AutoRec's ``A = <W_u, sigmoid(V^T r_m + c)> + b_u`` computed from the raw weights and the
+    training ratings read from the prepared table (not from the checkpoint's own tables)."""
+
+    extra_sets = ("model.autoencoder.units=16", "model.autoencoder.epochs=40", "model.autoencoder.validate_every=5",
+                  "model.autoencoder.l2=10", "model.autoencoder.raters=500", "model.autoencoder.movies_per_step=16",
+                  "model.autoencoder.learning_rate=0.01")
+
+    def numpy_vectors(self, w, users, movies, info):
+        user_rank, movie_rank, network = super().numpy_vectors(w, users, movies, info)
+        train = pd.read_parquet(f"{_prepared(self.overrides)}/ratings_train")
+        n_users, n_movies = w["autoencoder/encoder"].shape[0], w["autoencoder/raters"].shape[0]
+        r = np.zeros((n_movies, n_users))
+        r[train.movie_idx, train.user_idx] = train.rating
+        assert train.groupby("movie_idx").size().max() <= 500  # every rating is in its movie's column
+        h = _sigmoid(r @ w["autoencoder/encoder"] + w["autoencoder/encoder_bias"])  # [movie vocab, K]
+        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
+        auto = w["autoencoder/decoder"][uid] @ h[mid].T + w["autoencoder/decoder_bias"][uid][:, None]
+        known = np.isin(uid, train.user_idx)[:, None] & np.isin(mid, train.movie_idx)[None, :]
+        share = float(w["autoencoder/share"])
+        assert share > 0 and info["autoencoder"]["share"] == pytest.approx(share)  # the blend is served
+        return user_rank, movie_rank, np.where(known, network + share * (auto - network), network)
 
 
 class TestBPRContract(ModelContract):

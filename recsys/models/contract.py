@@ -139,6 +139,14 @@ class RecModel(keras.Model):
         (LightGCN's propagated tables); the trainer calls it before every validation and before
         the best weights are written. Most models derive nothing."""
 
+    def finalize(self, valid, seed: int, log) -> dict | None:
+        """After training, on rank 0 with the best weights loaded: fit the parts the model trains
+        apart from its network (the rating network's item autoencoder) and choose their settings
+        on ``valid`` (the whole validation split, batches of (features, ratings)); ``log`` takes
+        progress lines. Returns what was chosen, for model.json, and the trainer writes the
+        weights again; None (the default) when the model has no such part."""
+        return None
+
     def named_losses(self, x: dict, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """The training losses of a batch (features ``x``, ratings ``y`` [B]), each a float32 scalar
         with its name; the trainer minimises their sum and logs each."""

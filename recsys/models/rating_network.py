@@ -29,6 +29,7 @@ import tf_keras as keras  # noqa: E402
 
 from recsys.config import ModelConfig  # noqa: E402
 from recsys.models.contract import RMSE, RecModel, f32  # noqa: E402
+from recsys.models.item_autoencoder import ItemAutoencoder  # noqa: E402
 from recsys.precision import float32_sum  # noqa: E402
 
 
@@ -210,7 +211,8 @@ class RatingNetwork(RecModel):
     rates = True
     default_validation_metric = RMSE
     shape_keys = ("kind", "embedding_dim", "hidden_units", "output_dim", "title_kernel_heights", "title_filters",
-                  "id_bias", "user_history_length", "retrieval_dim", "history_retrieval", "history_tied")
+                  "id_bias", "user_history_length", "retrieval_dim", "history_retrieval", "history_tied",
+                  "autoencoder.units", "autoencoder.raters")
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:
@@ -218,8 +220,10 @@ class RatingNetwork(RecModel):
         similarity ``m`` D."""
         out = cfg.output_dim
         fism = cfg.embedding_dim if cfg.history_retrieval and cfg.user_history_length > 0 else 0
-        rank = out + cfg.retrieval_dim + fism + 1 if cfg.retrieval_weight > 0 else out + 2
-        return {"score": out + 2, "rank": rank, "similarity": out}
+        # the item autoencoder's blend: [a W_u, a b'_u, -a s_u, -a mu] . [h_m, 1, s_m, 1] (user_vectors)
+        score = out + 2 + (cfg.autoencoder.units + 1 + out + 2 + 1 if cfg.autoencoder.units > 0 else 0)
+        rank = out + cfg.retrieval_dim + fism + 1 if cfg.retrieval_weight > 0 else score
+        return {"score": score, "rank": rank, "similarity": out}
 
     def __init__(self, spec: dict, stats: dict, cfg: ModelConfig):
         super().__init__(spec, stats, cfg)
@@ -246,6 +250,9 @@ class RatingNetwork(RecModel):
         # retrieval_negatives=catalog: every training movie's encoded features ({name: [M, ...]}) and the
         # catalog row of each movie id ([movie vocab]), set by prepare()
         self.catalog = self.catalog_row = None
+        # model.autoencoder: I-AutoRec, fitted after the network (finalize) and blended into the served rating
+        self.autoencoder = ItemAutoencoder(self.feature_defs["user_id"]["vocab_size"], movie_id["vocab_size"],
+                                           cfg.autoencoder) if cfg.autoencoder.units > 0 else None
 
     @property
     def user_features(self) -> list[str]:
@@ -274,12 +281,15 @@ class RatingNetwork(RecModel):
 
     def prepare(self, prepared: Path) -> None:
         from recsys.models.data import movie_log_sampling_probability, training_user_history
+        from recsys.models.item_autoencoder import training_movie_raters
 
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
             self.user_tower.set_history(training_user_history(prepared, feats, self.cfg.user_history_length))
         log_q = tf.constant(movie_log_sampling_probability(prepared, feats), tf.float32)
         self.log_popularity.assign(log_q)
+        if self.autoencoder is not None:
+            self.autoencoder.set_tables(*training_movie_raters(prepared, feats, self.cfg.autoencoder.raters))
         if not self.retrieval:
             return
         if self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
@@ -313,10 +323,19 @@ class RatingNetwork(RecModel):
         return {k: tf.constant(v[keep]) for k, v in enc.items()}, tf.constant(row)
 
     def user_vectors(self, x, training=False):
-        """score ``[u, b_u, 1]`` [B, D+2]; rank ``[u, u_r, 1]`` [B, D+R+1] (the score vector without retrieval)."""
+        """score ``[u, b_u, 1]`` [B, D+2]; rank ``[u, u_r, 1]`` [B, D+R+1] (the score vector without retrieval).
+
+        With the item autoencoder, outside training, the score vector gains
+        ``a k_u [W_u, b'_u, -s_u, -mu]`` (``s_u`` the vector above, ``k_u`` 1 for a user it knows,
+        else 0), matched by the movie's ``k_m [h_m, 1, s_m, 1]``: the score becomes
+        ``N + a k_u k_m (A - N)``, the network's rating N blended with the autoencoder's A."""
         u, b_u, u_r = (f32(t) for t in self.user_tower.heads(x, training=training))
         one = tf.ones_like(b_u)[:, None]
         score = tf.concat([u, b_u[:, None], one], axis=-1)
+        if self.autoencoder is not None and not training:
+            w, b, known = self.autoencoder.user_codes(x["user_id"])
+            k = (self.autoencoder.share * known)[:, None]
+            score = tf.concat([score, k * w, k * b[:, None], -k * score, -k * self.mu * one], axis=-1)
         if self.fism:
             u_r = tf.concat([u_r, f32(self.user_tower.pooled_history(x))], axis=-1)
         rank = tf.concat([u, u_r, one], axis=-1) if self.retrieval else score
@@ -329,7 +348,12 @@ class RatingNetwork(RecModel):
         ratings) is a popularity prior of the served top-k score, outside training: with
         ``training=True`` (the retrieval loss) the last entry is ``T * c_m`` alone."""
         m, b_m, m_r = (f32(t) for t in self.movie_tower.heads(x, training=training))
-        score = tf.concat([m, tf.ones_like(b_m)[:, None], b_m[:, None]], axis=-1)
+        one = tf.ones_like(b_m)[:, None]
+        score = tf.concat([m, one, b_m[:, None]], axis=-1)
+        if self.autoencoder is not None and not training:  # the blend's movie side (user_vectors)
+            h, known = self.autoencoder.movie_codes(x["movie_id"])
+            k = known[:, None]
+            score = tf.concat([score, k * h, k, k * score, k * one], axis=-1)
         if self.retrieval:
             prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
             if not training and self.cfg.retrieval_popularity > 0:
@@ -349,6 +373,23 @@ class RatingNetwork(RecModel):
         self.movie_prior(x["movie_id"])  # the prior exists (and is checkpointed) whatever the weight
         if self.history_target is not None:
             self.history_target(x["movie_id"])
+
+    def finalize(self, valid, seed: int, log) -> dict | None:
+        """With the item autoencoder: fit it on the training tables and choose its epoch and share on
+        the ``valid`` batches (the network's own predictions, share 0, are its reference)."""
+        if self.autoencoder is None:
+            return None
+        import numpy as np
+
+        self.autoencoder.share.assign(0.0)
+        users, movies, ratings, network = [], [], [], []
+        for x, y in valid:
+            users.append(x["user_id"].numpy()); movies.append(x["movie_id"].numpy())
+            ratings.append(y.numpy()); network.append(self.score(x).numpy())
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+        scale = (float(self.stats["rating_min"]), float(self.stats["rating_max"]))
+        return {"autoencoder": self.autoencoder.fit((cat(users), cat(movies), cat(ratings).astype(np.float64),
+                                                     cat(network).astype(np.float64)), scale, seed, log)}
 
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted softmax over in-batch or
