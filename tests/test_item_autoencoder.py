@@ -15,9 +15,11 @@ from recsys.models.item_autoencoder import ItemAutoencoder, movie_raters_table
 
 
 def test_raters_table_keeps_each_movies_latest_raters_first_and_pads():
-    # movie 2: users 5 (t=10), 6 (t=30), 7 (t=20); movie 3: user 5 (t=5); cap 2
-    raters, ratings = movie_raters_table(user_idx=[5, 6, 7, 5], movie_idx=[2, 2, 2, 3], rating=[1.0, 4.0, 2.5, 5.0],
-                                         timestamp=[10, 30, 20, 5], movie_vocab=5, length=2)
+    # movie 2: users 5 (t=10), 6 (t=30), 7 (t=20); movie 3: user 5 (t=5); cap 2; the unknown (OOV, 1)
+    # user's and movie's ratings are left out
+    raters, ratings = movie_raters_table(user_idx=[5, 6, 7, 5, 1, 6], movie_idx=[2, 2, 2, 3, 3, 1],
+                                         rating=[1.0, 4.0, 2.5, 5.0, 3.0, 3.0], timestamp=[10, 30, 20, 5, 50, 50],
+                                         movie_vocab=5, length=2)
     assert raters.tolist() == [[0, 0], [0, 0], [6, 7], [5, 0], [0, 0]]
     assert ratings.tolist() == [[0, 0], [0, 0], [4.0, 2.5], [5.0, 0], [0, 0]]
 

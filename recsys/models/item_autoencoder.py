@@ -37,19 +37,25 @@ RATER_PAD = 0  # padding in the raters table: the user vocabulary's padding id, 
 
 def movie_raters_table(user_idx, movie_idx, rating, timestamp, movie_vocab: int, length: int):
     """([movie vocab, length] int32 rater ids, [movie vocab, length] float32 ratings): each
-    movie's latest ``length`` training raters (latest first), 0-padded.
+    movie's latest ``length`` training raters (latest first), 0-padded. Ratings of the unknown
+    (OOV) user or movie id are left out: that id stands for many, and is served as cold.
 
     Args: parallel arrays of the training ratings (encoded ids, stars, unix seconds).
     """
+    from recsys.features import FIRST_ID
+
     raters = np.full((movie_vocab, length), RATER_PAD, np.int32)
     ratings = np.zeros((movie_vocab, length), np.float32)
-    order = np.lexsort((-np.asarray(timestamp), np.asarray(movie_idx)))  # by movie, latest first
-    movies = np.asarray(movie_idx)[order]
+    user_idx, movie_idx, rating, timestamp = (np.asarray(a) for a in (user_idx, movie_idx, rating, timestamp))
+    named = (user_idx >= FIRST_ID) & (movie_idx >= FIRST_ID)
+    user_idx, movie_idx, rating, timestamp = user_idx[named], movie_idx[named], rating[named], timestamp[named]
+    order = np.lexsort((-timestamp, movie_idx))  # by movie, latest first
+    movies = movie_idx[order]
     starts = np.r_[0, np.flatnonzero(np.diff(movies)) + 1]
     position = np.arange(len(movies)) - np.repeat(starts, np.diff(np.r_[starts, len(movies)]))
     keep = position < length
-    raters[movies[keep], position[keep]] = np.asarray(user_idx)[order][keep]
-    ratings[movies[keep], position[keep]] = np.asarray(rating, np.float32)[order][keep]
+    raters[movies[keep], position[keep]] = user_idx[order][keep]
+    ratings[movies[keep], position[keep]] = rating.astype(np.float32)[order][keep]
     return raters, ratings
 
 
