@@ -684,8 +684,6 @@ def _validate(cfg: Config, where: str) -> None:
         (not cfg.model.history_tied or cfg.model.history_retrieval, "model.history_tied",
          "needs model.history_retrieval (it ties that FISM term's movie table to the history's)"),
         (cfg.model.autoencoder.units >= 0, "model.autoencoder.units", "must be 0 (off) or positive"),
-        (cfg.model.autoencoder.units == 0 or cfg.model.kind == "rating", "model.autoencoder.units",
-         f"the item autoencoder is part of the rating network (model.kind: rating), not model.kind={cfg.model.kind}"),
         (min(cfg.model.autoencoder.epochs, cfg.model.autoencoder.validate_every, cfg.model.autoencoder.raters,
              cfg.model.autoencoder.movies_per_step) >= 1, "model.autoencoder",
          "epochs, validate_every, raters and movies_per_step must be at least 1"),

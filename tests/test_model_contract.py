@@ -430,7 +430,7 @@ class TestRatingNetworkContract(ModelContract):
 
 class TestRatingNetworkWithAutoencoderContract(TestRatingNetworkContract):
     """The rating network with its item autoencoder: served ratings ``N + a k_u k_m (A - N)``, with
-    I-AutoRec's ``A = <W_u, sigmoid(V^T r_m + c)> + b_u`` computed from the raw weights and the
+    I-AutoRec's ``A = <W_u, sigmoid(V^T r_m + c)> + d_u`` computed from the raw weights and the
     training ratings read from the prepared table (not from the checkpoint's own tables)."""
 
     extra_sets = ("model.autoencoder.units=16", "model.autoencoder.epochs=40", "model.autoencoder.validate_every=5",

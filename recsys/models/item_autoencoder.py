@@ -3,7 +3,7 @@ rating network blends into its served rating (``model.autoencoder``).
 
 Each movie's column of training ratings ``r_m`` [user vocab] (0 where a user did not rate it)
 is encoded by one sigmoid layer, ``h_m = sigmoid(V^T r_m + c)`` [K], and decoded back to every
-user: ``A(u, m) = <W_u, h_m> + b_u``. The loss is the squared error on the observed ratings of
+user: ``A(u, m) = <W_u, h_m> + d_u``. The loss is the squared error on the observed ratings of
 the column, plus ``l2 / 2 * (|V|^2 + |W|^2)`` once per epoch. A movie is known to it when it
 has training ratings, a user when it rated a training movie; any other pair is not scored by it.
 
@@ -81,7 +81,7 @@ class ItemAutoencoder(keras.layers.Layer):
         self.encoder = weight("encoder", (user_vocab, k), keras.initializers.GlorotUniform())  # V
         self.encoder_bias = weight("encoder_bias", (k,))  # c
         self.decoder = weight("decoder", (user_vocab, k), keras.initializers.GlorotUniform())  # W
-        self.decoder_bias = weight("decoder_bias", (user_vocab,))  # b
+        self.decoder_bias = weight("decoder_bias", (user_vocab,))  # d
         self.share = weight("share", ())  # a: the autoencoder's share of the served rating, set by fit()
 
     @property
@@ -108,7 +108,7 @@ class ItemAutoencoder(keras.layers.Layer):
         return tf.gather(h, index), tf.gather(tf.cast(known, tf.float32), index)
 
     def user_codes(self, user_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(W_u [B, K], b_u [B], known [B] float 0/1) for encoded user ids [B]."""
+        """(W_u [B, K], d_u [B], known [B] float 0/1) for encoded user ids [B]."""
         return (tf.gather(self.decoder, user_ids), tf.gather(self.decoder_bias, user_ids),
                 tf.gather(self.user_known, user_ids))
 
@@ -131,7 +131,7 @@ class ItemAutoencoder(keras.layers.Layer):
 
     def fit(self, valid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
             scale: tuple[float, float], seed: int, log) -> dict:
-        """Train V, c, W, b on the tables, then keep the epoch and share ``a`` (of ``cfg.share_grid``)
+        """Train V, c, W, d on the tables, then keep the epoch and share ``a`` (of ``cfg.share_grid``)
         whose blend ``N + a (A - N)`` has the lowest validation RMSE; ``a`` 0 (the network alone)
         when none beats it. Validation every ``cfg.validate_every`` epochs.
 

@@ -220,7 +220,7 @@ class RatingNetwork(RecModel):
         similarity ``m`` D."""
         out = cfg.output_dim
         fism = cfg.embedding_dim if cfg.history_retrieval and cfg.user_history_length > 0 else 0
-        # the item autoencoder's blend: [a W_u, a b'_u, -a s_u, -a mu] . [h_m, 1, s_m, 1] (user_vectors)
+        # the item autoencoder's blend: [a W_u, a d_u, -a s_u, -a mu] . [h_m, 1, s_m, 1] (user_vectors)
         score = out + 2 + (cfg.autoencoder.units + 1 + out + 2 + 1 if cfg.autoencoder.units > 0 else 0)
         rank = out + cfg.retrieval_dim + fism + 1 if cfg.retrieval_weight > 0 else score
         return {"score": score, "rank": rank, "similarity": out}
@@ -326,7 +326,7 @@ class RatingNetwork(RecModel):
         """score ``[u, b_u, 1]`` [B, D+2]; rank ``[u, u_r, 1]`` [B, D+R+1] (the score vector without retrieval).
 
         With the item autoencoder, outside training, the score vector gains
-        ``a k_u [W_u, b'_u, -s_u, -mu]`` (``s_u`` the vector above, ``k_u`` 1 for a user it knows,
+        ``a k_u [W_u, d_u, -s_u, -mu]`` (``s_u`` the vector above, ``k_u`` 1 for a user it knows,
         else 0), matched by the movie's ``k_m [h_m, 1, s_m, 1]``: the score becomes
         ``N + a k_u k_m (A - N)``, the network's rating N blended with the autoencoder's A."""
         u, b_u, u_r = (f32(t) for t in self.user_tower.heads(x, training=training))
