@@ -78,9 +78,11 @@ class ItemAutoencoder(keras.layers.Layer):
         self.raters = weight("raters", (movie_vocab, length), dtype=tf.int32)
         self.ratings = weight("ratings", (movie_vocab, length))
         self.user_known = weight("user_known", (user_vocab,))
-        self.encoder = weight("encoder", (user_vocab, k), keras.initializers.GlorotUniform())  # V
+        # zeros until fit() draws them from its seed: no draw here, so the network's own initial
+        # weights are those it gets without the autoencoder
+        self.encoder = weight("encoder", (user_vocab, k))  # V
         self.encoder_bias = weight("encoder_bias", (k,))  # c
-        self.decoder = weight("decoder", (user_vocab, k), keras.initializers.GlorotUniform())  # W
+        self.decoder = weight("decoder", (user_vocab, k))  # W
         self.decoder_bias = weight("decoder_bias", (user_vocab,))  # d
         self.share = weight("share", ())  # a: the autoencoder's share of the served rating, set by fit()
 
