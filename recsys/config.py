@@ -249,6 +249,9 @@ class AutoencoderConfig:
     raters: int = 1000  # each movie's latest training raters in its input column (memory: movies x raters)
     movies_per_step: int = 128  # movie columns per optimizer step
     learning_rate: float = 0.001  # Adam
+    # a training split giving the tables more ratings stops before training: a pass over the movies
+    # (export, validation) gathers up to that many x units floats (4 GB at 2,000,000 and 500 units)
+    max_ratings: int = 2_000_000
     # the autoencoder's share a of the served rating N + a (A - N), chosen on validation RMSE with the
     # epoch (0, the network alone, when no share beats it)
     share_grid: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
@@ -685,8 +688,8 @@ def _validate(cfg: Config, where: str) -> None:
          "needs model.history_retrieval (it ties that FISM term's movie table to the history's)"),
         (cfg.model.autoencoder.units >= 0, "model.autoencoder.units", "must be 0 (off) or positive"),
         (min(cfg.model.autoencoder.epochs, cfg.model.autoencoder.validate_every, cfg.model.autoencoder.raters,
-             cfg.model.autoencoder.movies_per_step) >= 1, "model.autoencoder",
-         "epochs, validate_every, raters and movies_per_step must be at least 1"),
+             cfg.model.autoencoder.movies_per_step, cfg.model.autoencoder.max_ratings) >= 1, "model.autoencoder",
+         "epochs, validate_every, raters, movies_per_step and max_ratings must be at least 1"),
         (cfg.model.autoencoder.l2 >= 0 and cfg.model.autoencoder.learning_rate > 0, "model.autoencoder",
          "l2 must be 0 or more and learning_rate positive"),
         (bool(cfg.model.autoencoder.share_grid) and all(0 < a <= 1 for a in cfg.model.autoencoder.share_grid),

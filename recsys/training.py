@@ -743,7 +743,12 @@ def finish(run: Run, progress) -> dict | None:
     # parts a model fits apart from its network, after it (the rating network's item autoencoder)
     finalized = run.model.finalize(validation_dataset(run, 0, 1), run.cfg.train.seed, _log)
     if finalized is not None:
-        write_weights(run.model, run.model_dir / WEIGHTS)
+        with epoch_commit(run):  # a SIGTERM waits; the previous best weights stay whole until replaced
+            best = run.model_dir / WEIGHTS
+            written = write_weights(run.model, best.parent / f".finalized-{os.getpid()}")
+            # the data shards first, the index last: the index names what a reader opens
+            for path in sorted(Path(written).parent.glob(Path(written).name + ".*"), key=lambda p: p.suffix == ".index"):
+                os.replace(path, str(best) + path.name[len(Path(written).name):])
     best = min(progress.history, key=lambda h: h["valid_selection"]) if progress.history else {}
     summary = {
         "kind": run.model.kind, "rates": run.model.rates, "model_config": run.cfg.to_dict()["model"],

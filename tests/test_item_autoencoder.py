@@ -48,8 +48,17 @@ def test_codes_and_prediction_match_the_autorec_formula():
     np.testing.assert_allclose(codes.numpy(), h[[2, 3, 4, 1]], rtol=1e-5)
     assert known.numpy().tolist() == [1, 1, 0, 0]  # movies 4 and 1 (OOV) have no training ratings
     assert ae.user_codes(tf.constant([2, 3, 4, 5, 1]))[2].numpy().tolist() == [1, 1, 1, 0, 0]
-    pred = ae.predict(tf.constant([2, 4, 3]), tf.constant([3, 2, 3]))
-    np.testing.assert_allclose(pred.numpy(), [w[2] @ h[3] + b[2], w[4] @ h[2] + b[4], w[3] @ h[3] + b[3]], rtol=1e-5)
+    expected = [w[2] @ h[3] + b[2], w[4] @ h[2] + b[4], w[3] @ h[3] + b[3]]
+    for block in (1, 2, 10):  # movies and pairs in blocks of any size
+        pred = ae.predict(np.array([2, 4, 3]), np.array([3, 2, 3]), block)
+        np.testing.assert_allclose(pred, expected, rtol=1e-5)
+
+
+def test_tables_above_the_ratings_limit_stop_naming_the_key():
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"4 ratings, above model.autoencoder.max_ratings \(3\)"):
+        _autoencoder(max_ratings=3)
 
 
 def _fit(network_noise: float):

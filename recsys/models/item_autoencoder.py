@@ -90,9 +90,28 @@ class ItemAutoencoder(keras.layers.Layer):
     def fitted_variables(self) -> list[tf.Variable]:
         return [self.encoder, self.encoder_bias, self.decoder, self.decoder_bias]
 
+    @property
+    def blends(self) -> bool:
+        """False while the share is 0 (before ``fit``, or when no share helped): the blend's
+        entries of the score vectors are then zeros, appended without encoding any column.
+        True when not running eagerly (the value cannot be read while tracing)."""
+        return not tf.executing_eagerly() or float(self.share.numpy()) != 0.0
+
     def set_tables(self, raters: np.ndarray, ratings: np.ndarray) -> None:
         """Load the [movie vocab, raters] tables (``movie_raters_table``); a user is known when
-        it appears in them."""
+        it appears in them.
+
+        Raises:
+            ConfigError: above ``max_ratings`` ratings in the tables (one pass may gather them all).
+        """
+        from recsys.errors import ConfigError
+
+        held = int((raters != RATER_PAD).sum())
+        if held > self.cfg.max_ratings:
+            raise ConfigError(f"model.autoencoder: the training split gives its tables {held:,} ratings, above "
+                              f"model.autoencoder.max_ratings ({self.cfg.max_ratings:,}); a pass over the movies "
+                              f"gathers up to that many x {self.cfg.units} floats. Lower model.autoencoder.raters, "
+                              f"raise the limit, or set model.autoencoder.units=0")
         self.raters.assign(raters)
         self.ratings.assign(ratings)
         known = np.zeros(self.user_known.shape[0], np.float32)
@@ -125,11 +144,16 @@ class ItemAutoencoder(keras.layers.Layer):
                                               tf.shape(movie_ids)[0])
         return tf.sigmoid(summed + self.encoder_bias), row, user, value
 
-    def predict(self, user_ids: tf.Tensor, movie_ids: tf.Tensor) -> tf.Tensor:
-        """A(u, m) [B] for parallel encoded ids (meaningful for known pairs only)."""
-        h, _ = self.movie_codes(movie_ids)
-        w, b, _ = self.user_codes(user_ids)
-        return tf.reduce_sum(w * h, axis=-1) + b
+    def predict(self, user_ids: np.ndarray, movie_ids: np.ndarray, block: int) -> np.ndarray:
+        """A(u, m) [N] for parallel encoded ids (meaningful for known pairs only): every movie's
+        code computed once, ``block`` movies at a time ([movie vocab, K] floats), then the pairs
+        ``block`` at a time."""
+        vocab = self.raters.shape[0]
+        codes = np.concatenate([self._encode(tf.range(s, min(s + block, vocab)))[0].numpy()
+                                for s in range(0, vocab, block)])
+        w, d = self.decoder.numpy(), self.decoder_bias.numpy()
+        return np.concatenate([np.einsum("nk,nk->n", w[user_ids[s:s + block]], codes[movie_ids[s:s + block]])
+                               + d[user_ids[s:s + block]] for s in range(0, len(user_ids), block)] or [np.zeros(0)])
 
     def fit(self, valid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
             scale: tuple[float, float], seed: int, log) -> dict:
@@ -145,7 +169,9 @@ class ItemAutoencoder(keras.layers.Layer):
         """
         cfg = self.cfg
         tf.random.set_seed(seed)
-        for var in (self.encoder, self.decoder):  # reproducible for a fixed seed
+        # reproducible for a fixed seed; V and W start from the same draw (as a tied-weight
+        # autoencoder does): their gradients differ from the first step
+        for var in (self.encoder, self.decoder):
             var.assign(keras.initializers.GlorotUniform(seed=seed)(var.shape))
         for var in (self.encoder_bias, self.decoder_bias):
             var.assign(tf.zeros_like(var))
@@ -168,9 +194,7 @@ class ItemAutoencoder(keras.layers.Layer):
 
         users, movie_ids, y, network = valid
         lo, hi = scale
-        u_t, m_t = tf.constant(users, tf.int64), tf.constant(movie_ids, tf.int64)
-        _, known_m = self.movie_codes(m_t)
-        known = (known_m.numpy() * tf.gather(self.user_known, u_t).numpy()) > 0
+        known = np.any(self.raters.numpy()[movie_ids] != RATER_PAD, axis=1) & (self.user_known.numpy()[users] > 0)
         rmse = lambda p: float(np.sqrt(np.mean((np.clip(p, lo, hi) - y) ** 2)))  # noqa: E731
         best = {"share": 0.0, "epoch": 0, "valid_rmse": rmse(network), "network_valid_rmse": rmse(network)}
         kept = [v.numpy() for v in variables]
@@ -182,7 +206,7 @@ class ItemAutoencoder(keras.layers.Layer):
                 step(tf.constant(ids))
             if epoch % cfg.validate_every and epoch != cfg.epochs:
                 continue
-            auto = self.predict(u_t, m_t).numpy()
+            auto = self.predict(users, movie_ids, cfg.movies_per_step)
             scores = {a: rmse(np.where(known, network + a * (auto - network), network)) for a in cfg.share_grid}
             a = min(scores, key=scores.get)
             log(f"item autoencoder epoch {epoch}: validation rmse {rmse(np.where(known, auto, network)):.4f} "

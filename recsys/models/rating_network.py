@@ -255,6 +255,11 @@ class RatingNetwork(RecModel):
                                            cfg.autoencoder) if cfg.autoencoder.units > 0 else None
 
     @property
+    def _blend_width(self) -> int:
+        """Entries the item autoencoder's blend adds to each score vector: K + 1 + (D + 2) + 1."""
+        return self.cfg.autoencoder.units + self.cfg.output_dim + 4
+
+    @property
     def user_features(self) -> list[str]:
         return [f["name"] for f in self.spec["features"] if f["tower"] == "user"]
 
@@ -333,9 +338,12 @@ class RatingNetwork(RecModel):
         one = tf.ones_like(b_u)[:, None]
         score = tf.concat([u, b_u[:, None], one], axis=-1)
         if self.autoencoder is not None and not training:
-            w, b, known = self.autoencoder.user_codes(x["user_id"])
-            k = (self.autoencoder.share * known)[:, None]
-            score = tf.concat([score, k * w, k * b[:, None], -k * score, -k * self.mu * one], axis=-1)
+            if self.autoencoder.blends:
+                w, b, known = self.autoencoder.user_codes(x["user_id"])
+                k = (self.autoencoder.share * known)[:, None]
+                score = tf.concat([score, k * w, k * b[:, None], -k * score, -k * self.mu * one], axis=-1)
+            else:  # share 0: the network alone
+                score = tf.concat([score, tf.zeros([tf.shape(score)[0], self._blend_width], score.dtype)], axis=-1)
         if self.fism:
             u_r = tf.concat([u_r, f32(self.user_tower.pooled_history(x))], axis=-1)
         rank = tf.concat([u, u_r, one], axis=-1) if self.retrieval else score
@@ -351,9 +359,12 @@ class RatingNetwork(RecModel):
         one = tf.ones_like(b_m)[:, None]
         score = tf.concat([m, one, b_m[:, None]], axis=-1)
         if self.autoencoder is not None and not training:  # the blend's movie side (user_vectors)
-            h, known = self.autoencoder.movie_codes(x["movie_id"])
-            k = known[:, None]
-            score = tf.concat([score, k * h, k, k * score, k * one], axis=-1)
+            if self.autoencoder.blends:
+                h, known = self.autoencoder.movie_codes(x["movie_id"])
+                k = known[:, None]
+                score = tf.concat([score, k * h, k, k * score, k * one], axis=-1)
+            else:  # share 0: the user side is zeros, so no column is encoded
+                score = tf.concat([score, tf.zeros([tf.shape(score)[0], self._blend_width], score.dtype)], axis=-1)
         if self.retrieval:
             prior = f32(tf.squeeze(self.movie_prior(x["movie_id"]), axis=-1))
             if not training and self.cfg.retrieval_popularity > 0:
