@@ -9,6 +9,11 @@ score vectors ``[u, b_u, 1]`` and ``[m, 1, b_m]``) and nowhere else: the contrac
 ``score`` is ``mu + <user score, movie score>``, so an inner-product index over the movies'
 score vectors returns exactly the movies with the highest predicted rating.
 
+With the item autoencoder (``model.autoencoder.units > 0``, recsys/models/item_autoencoder.py)
+the served rating is that rating N blended with I-AutoRec's A for the users and movies it knows,
+``N + a (A - N)``: the score vectors gain the blend's entries (``user_vectors``) and stay an
+exact inner product.
+
 With the joint retrieval objective (``model.retrieval_weight > 0``) top-k lists rank by
 ``<[u, u_r, 1], [m, m_r, T * (c_m + g log q_m)]> = T * ((<u, m> + <u_r, m_r>) / T + c_m + g log q_m)``:
 the retrieval softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only
@@ -200,7 +205,8 @@ class MovieTower(_Tower):
 
 
 class RatingNetwork(RecModel):
-    """``mu + b_u + b_m + <u, m>`` over the two towers (see the module docstring).
+    """``mu + b_u + b_m + <u, m>`` over the two towers, blended with the item autoencoder's rating
+    when it is on (see the module docstring).
 
     Args:
         spec: the manifest's ``features`` block; stats: its ``stats`` block (``train_rating_mean``).
@@ -216,8 +222,8 @@ class RatingNetwork(RecModel):
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:
-        """score ``[u, b_u, 1]`` D+2; rank ``[u, u_r, 1]`` D+R+1 with the retrieval loss, else the score;
-        similarity ``m`` D."""
+        """score ``[u, b_u, 1]`` D+2 (plus K+D+4 blend entries with the item autoencoder); rank ``[u, u_r, 1]``
+        D+R+1 with the retrieval loss (plus E with the FISM term), else the score; similarity ``m`` D."""
         out = cfg.output_dim
         fism = cfg.embedding_dim if cfg.history_retrieval and cfg.user_history_length > 0 else 0
         # the item autoencoder's blend: [a W_u, a d_u, -a s_u, -a mu] . [h_m, 1, s_m, 1] (user_vectors)
