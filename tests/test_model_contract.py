@@ -265,6 +265,15 @@ class ModelContract(RecommenderContract):
 
         return ServedModel(served.paths.index).fit(data)
 
+    def test_vector_widths_from_config_match_the_served_vectors(self, served, rec):
+        """``vector_widths`` (from the config alone: the FAISS factory checks read it) is what export
+        writes and serving holds."""
+        from recsys.models import model_class
+
+        widths = model_class(self.kind).vector_widths(served.model)
+        assert (widths["score"], widths["rank"]) == (rec._ms.shape[1], rec._mr.shape[1])
+        assert (rec._us.shape[1], rec._ur.shape[1]) == (widths["score"], widths["rank"])
+
     def test_unknown_ids_and_k_bounds(self, rec):
         from recsys.serving import UnknownIdError
 
