@@ -6,7 +6,10 @@ GLocal-K), reach on this project's split?
     python bench/bench_autorec.py --config conf/ml-100k.yaml --seeds 1,2,3
 
 A research check for docs/architecture.md ("Levers measured for top-k quality"), not a shipped
-recommender: it has no top-k objective, no cold start and no side features. Each movie's column
+recommender: it has no top-k objective, no cold start and no side features. It is written with
+dense Keras layers over the whole [movies, users] matrix, apart from the shipped
+``recsys/models/item_autoencoder.py`` (the rating network's blend, which gathers only the
+observed ratings), so that the two implementations check each other's figures. Each movie's column
 of training ratings [n_users] goes through one sigmoid layer (``--hidden`` units) and an identity
 decoder back to [n_users]; the loss is the squared error on the observed ratings plus
 ``l2 / 2`` times the squared weights. The prediction for (user, movie) is the decoder's output
