@@ -232,7 +232,10 @@ def test_lists_errors_and_index_metadata(served, rec):
     info = json.loads((Path(served.paths.index) / "index.json").read_text())
     assert info["indexes"]["movies_ip"]["type"] == "flat" and info["indexes"]["movies_ip"]["recall_at_k"] == 1.0
     assert info["indexes"]["movies_ip"]["vectors"] == "movie rank" and info["kind"] == "rating"
-    assert info["indexes"]["users_ip"]["dimension"] == served.model.output_dim + 2  # [u, b_u, 1]
+    d, k = served.model.output_dim, served.model.autoencoder.units
+    assert k > 0  # conf/ml-100k.yaml: the score vectors carry the item autoencoder's blend
+    # [u, b_u, 1] and the blend's [a W_u, a d_u, -a [u, b_u, 1], -a mu]
+    assert info["indexes"]["users_ip"]["dimension"] == (d + 2) + k + 1 + (d + 2) + 1
     assert info["indexes"]["movies_ip"]["dimension"] == served.model.output_dim + served.model.retrieval_dim + 1
     assert (Path(served.paths.index) / info["model"] / "model.json").is_file()  # the artifact travels inside
 
