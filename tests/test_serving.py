@@ -31,7 +31,7 @@ def served(tmp_path_factory):
     fetch_dataset("ml-100k", raw)  # reuses verified files when present
     overrides = [f"paths.raw={raw}", f"paths.prepared={base}/prepared", f"paths.model={base}/model",
                  f"paths.vectors={base}/vectors", f"paths.index={base}/index", "train.epochs=2",
-                 "prepare.examples_per_record=32"]
+                 "prepare.examples_per_record=32", "model.autoencoder.epochs=20"]  # the blend, fitted briefly
     cfg = load_config(ROOT / "conf/ml-100k.yaml", overrides)
     spark = get_spark("recsys-serving-tests", "local[2]", "1g", 4)
     try:
