@@ -23,8 +23,6 @@ of V), bounded by ``movies_per_step`` x ``raters`` x K in training.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -43,19 +41,17 @@ def movie_raters_table(user_idx, movie_idx, rating, timestamp, movie_vocab: int,
     Args: parallel arrays of the training ratings (encoded ids, stars, unix seconds).
     """
     from recsys.features import FIRST_ID
+    from recsys.models.data import latest_first
 
     raters = np.full((movie_vocab, length), RATER_PAD, np.int32)
     ratings = np.zeros((movie_vocab, length), np.float32)
     user_idx, movie_idx, rating, timestamp = (np.asarray(a) for a in (user_idx, movie_idx, rating, timestamp))
     named = (user_idx >= FIRST_ID) & (movie_idx >= FIRST_ID)
     user_idx, movie_idx, rating, timestamp = user_idx[named], movie_idx[named], rating[named], timestamp[named]
-    order = np.lexsort((-timestamp, movie_idx))  # by movie, latest first
-    movies = movie_idx[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(movies)) + 1]
-    position = np.arange(len(movies)) - np.repeat(starts, np.diff(np.r_[starts, len(movies)]))
-    keep = position < length
-    raters[movies[keep], position[keep]] = user_idx[order][keep]
-    ratings[movies[keep], position[keep]] = rating.astype(np.float32)[order][keep]
+    order, position, keep = latest_first(movie_idx, timestamp, length)  # by movie, latest first
+    cells = (movie_idx[order][keep], position[keep])
+    raters[cells] = user_idx[order][keep]
+    ratings[cells] = rating.astype(np.float32)[order][keep]
     return raters, ratings
 
 
@@ -220,13 +216,3 @@ class ItemAutoencoder(keras.layers.Layer):
         log(f"item autoencoder: kept epoch {best['epoch']}, share {best['share']:g} (validation rmse "
             f"{best['valid_rmse']:.4f}, network alone {best['network_valid_rmse']:.4f})")
         return best
-
-
-def training_movie_raters(prepared: Path, features: list[dict], length: int):
-    """``movie_raters_table`` from the prepared ``ratings_train`` table: validation and test
-    ratings never enter it."""
-    from recsys.models.data import training_ratings
-
-    vocab = next(f["vocab_size"] for f in features if f["name"] == "movie_id")
-    t = training_ratings(prepared, ["user_idx", "movie_idx", "rating", "timestamp"])
-    return movie_raters_table(t["user_idx"], t["movie_idx"], t["rating"], t["timestamp"], vocab, length)

@@ -50,13 +50,11 @@ def user_history_table(user_idx, movie_idx, timestamp, user_vocab: int, length: 
     """
     import numpy as np
 
+    from recsys.models.data import latest_first
+
     table = np.full((user_vocab, length), HISTORY_PAD, np.int32)
-    order = np.lexsort((-np.asarray(timestamp), np.asarray(user_idx)))  # by user, latest first
-    users, movies = np.asarray(user_idx)[order], np.asarray(movie_idx)[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
-    position = np.arange(len(users)) - np.repeat(starts, np.diff(np.r_[starts, len(users)]))
-    keep = position < length
-    table[users[keep], position[keep]] = movies[keep]
+    order, position, keep = latest_first(user_idx, timestamp, length)  # by user, latest first
+    table[np.asarray(user_idx)[order][keep], position[keep]] = np.asarray(movie_idx)[order][keep]
     return table
 
 
@@ -291,8 +289,7 @@ class RatingNetwork(RecModel):
         return knobs + ([f"model.retrieval_temperature ({self.cfg.retrieval_temperature:g})"] if self.retrieval else [])
 
     def prepare(self, prepared: Path) -> None:
-        from recsys.models.data import movie_log_sampling_probability, training_user_history
-        from recsys.models.item_autoencoder import training_movie_raters
+        from recsys.models.data import movie_log_sampling_probability, training_movie_raters, training_user_history
 
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
