@@ -258,6 +258,28 @@ class AutoencoderConfig:
 
 
 @dataclass
+class HistoryAutoencoderConfig:
+    """The rating network's history autoencoder (``model.history_autoencoder``,
+    recsys/models/history_autoencoder.py): Mult-DAE fitted after the network and blended into the
+    served rank vectors."""
+
+    units: int = 0  # tanh units H of the encoder (0: off; Mult-DAE's paper uses 600, one layer here)
+    dropout: float = 0.5  # of the L2-normalised history, in training
+    l2: float = 1e-5  # L2 weight on the encoder and decoder tables, every step
+    epochs: int = 150  # most epochs; the validated epoch with the best blend is kept (and refitted)
+    validate_every: int = 10  # epochs between validation checks
+    users_per_step: int = 100  # user histories per optimizer step (memory: this many x movie vocab floats)
+    learning_rate: float = 0.001  # Adam
+    # a training split with more (user, movie) pairs stops before training: the fit holds them (twice
+    # with validation) on rank 0
+    max_ratings: int = 30_000_000
+    spread_users: int = 1000  # users whose scores measure the autoencoder's spread (share units)
+    # the blend's share b of the served rank score, in units of the network's spread, chosen on
+    # validation NDCG@10 with the epoch (0, the network alone, when no share beats it)
+    share_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
+
+
+@dataclass
 class ModelConfig:
     """Which model (``kind``) and its knobs. The rating network's knobs are the block's own keys;
     every other model has its own sub-block named after its kind (``model.bpr``, ``model.neumf``,
@@ -299,6 +321,8 @@ class ModelConfig:
     retrieval_negatives: str = field(default="in_batch", metadata=_choices("in_batch", "catalog"))
     retrieval_catalog_max: int = 20000  # catalog negatives: a larger training catalog stops before training
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # item autoencoder (units 0: off)
+    # history autoencoder (units 0: off)
+    history_autoencoder: HistoryAutoencoderConfig = field(default_factory=HistoryAutoencoderConfig)
     unique_towers: bool = True  # training: each tower runs once per unique id of a batch (off under train.xla)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     neumf: NeuMFConfig = field(default_factory=NeuMFConfig)
@@ -694,6 +718,16 @@ def _validate(cfg: Config, where: str) -> None:
          "l2 must be 0 or more and learning_rate positive"),
         (bool(cfg.model.autoencoder.share_grid) and all(0 < a <= 1 for a in cfg.model.autoencoder.share_grid),
          "model.autoencoder.share_grid", "must list shares in (0, 1] (the autoencoder's part of the served rating)"),
+        (cfg.model.history_autoencoder.units >= 0, "model.history_autoencoder.units", "must be 0 (off) or positive"),
+        (min(cfg.model.history_autoencoder.epochs, cfg.model.history_autoencoder.validate_every,
+             cfg.model.history_autoencoder.users_per_step, cfg.model.history_autoencoder.max_ratings,
+             cfg.model.history_autoencoder.spread_users) >= 1, "model.history_autoencoder",
+         "epochs, validate_every, users_per_step, max_ratings and spread_users must be at least 1"),
+        (0.0 <= cfg.model.history_autoencoder.dropout < 1.0, "model.history_autoencoder.dropout", "must be in [0, 1)"),
+        (cfg.model.history_autoencoder.l2 >= 0 and cfg.model.history_autoencoder.learning_rate > 0,
+         "model.history_autoencoder", "l2 must be 0 or more and learning_rate positive"),
+        (bool(cfg.model.history_autoencoder.share_grid) and all(b > 0 for b in cfg.model.history_autoencoder.share_grid),
+         "model.history_autoencoder.share_grid", "must list positive shares (in units of the network's rank-score spread)"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),
         (cfg.train.elastic_commit_steps >= 1, "train.elastic_commit_steps", "must be at least 1"),
         (cfg.train.finite_check_steps >= 1, "train.finite_check_steps", "must be at least 1"),

@@ -393,6 +393,19 @@ def validate(run: Run, valid_ds) -> dict[str, float]:
     return out
 
 
+def _rank_vectors(fn, frame, names: list[str]):
+    """[len(frame), R] float32 rank vectors of ``fn`` (a model's user_vectors or movie_vectors) for
+    the rows of ``frame``, 8,192 at a time."""
+    import numpy as np
+    import tensorflow as tf
+
+    from recsys.features import encoded_columns
+
+    enc = encoded_columns(frame, names)
+    return np.concatenate([fn({n: tf.constant(v[s:s + 8192]) for n, v in enc.items()})["rank"].numpy()
+                           for s in range(0, len(frame), 8192)]).astype(np.float32)
+
+
 class ValidationCatalog:
     """Ranking validation (NDCG@10): a fixed seeded sample of the users with validation ratings,
     every catalog movie scored through the model's rank vectors, training movies excluded;
@@ -435,16 +448,11 @@ class ValidationCatalog:
         from recsys.features import encoded_columns
         from recsys.reranking import top_k_by_pairs
 
-        def vectors(fn, frame, names):
-            enc = encoded_columns(frame, names)
-            return np.concatenate([fn({n: tf.constant(v[s:s + 8192]) for n, v in enc.items()})["rank"].numpy()
-                                   for s in range(0, len(frame), 8192)]).astype(np.float32)
-
         def exact_top(scores, n):  # [U, M] -> [U, n] rows by score, best first
             top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
             return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
 
-        items = vectors(model.movie_vectors, self.movies, model.movie_features)  # [M, R]
+        items = _rank_vectors(model.movie_vectors, self.movies, model.movie_features)  # [M, R]
         movie_enc = None if model.factorised else encoded_columns(self.movies, model.movie_features)
         mine = self.user_ids[rank::size]
         total = 0.0
@@ -452,7 +460,7 @@ class ValidationCatalog:
             ids = mine[s:s + self.block]
             frame = self.users.iloc[self.user_row.loc[ids].to_numpy()]
             exclude = [self.seen.get(u, np.empty(0, np.int64)) for u in ids]
-            scores = vectors(model.user_vectors, frame, model.user_features) @ items.T
+            scores = _rank_vectors(model.user_vectors, frame, model.user_features) @ items.T
             for i, row in enumerate(exclude):
                 scores[i, row] = -np.inf
             if model.factorised:
@@ -472,6 +480,20 @@ class ValidationCatalog:
                 top = top_k_by_pairs(pair_scores, candidates, k, self.plan.block_pairs)[0]
             total += sum(ndcg_at_k(top[i], self.relevant[u], k) for i, u in enumerate(ids))
         return total, len(mine)
+
+    def rank_spread(self, model) -> float:
+        """The standard deviation of each sampled user's rank scores over the catalog, centred per
+        user (a factorised model's rank vectors; 0 when there are no users)."""
+        import numpy as np
+
+        items = _rank_vectors(model.movie_vectors, self.movies, model.movie_features).astype(np.float64)  # [M, R]
+        squares, count = 0.0, 0
+        for s in range(0, len(self.user_ids), self.block):
+            frame = self.users.iloc[self.user_row.loc[self.user_ids[s:s + self.block]].to_numpy()]
+            scores = _rank_vectors(model.user_vectors, frame, model.user_features) @ items.T
+            squares += float(np.square(scores - scores.mean(axis=1, keepdims=True)).sum())
+            count += scores.size
+        return float(np.sqrt(squares / max(count, 1)))
 
 
 def restore(run: Run, resume: bool) -> _Progress:
@@ -729,6 +751,22 @@ def banner(run: Run, size: int) -> None:
              f"{run.warmup_steps} warm-up steps")
 
 
+class ServedRanking:
+    """The validation ranking of ``model`` as served, for ``RecModel.finalize`` (rank 0): ``ndcg()``
+    is its NDCG@10 over ``catalog``'s sampled users; ``spread()`` the standard deviation of each
+    sampled user's centred rank scores over the catalog."""
+
+    def __init__(self, catalog: "ValidationCatalog", model):
+        self.catalog, self.model = catalog, model
+
+    def ndcg(self) -> float:
+        total, n = self.catalog.ndcg_sum(self.model, 0, 1)
+        return total / max(n, 1)
+
+    def spread(self) -> float:
+        return self.catalog.rank_spread(self.model)
+
+
 def finish(run: Run, progress) -> dict | None:
     """Rank 0: reload the best weights (strictly) and write the model artifact; returns model.json."""
     if run.hvd.rank() != 0:
@@ -741,7 +779,8 @@ def finish(run: Run, progress) -> dict | None:
     read_weights(run.model, run.model_dir / WEIGHTS)
     tune_popularity(run)
     # parts a model fits apart from its network, after it (the rating network's item autoencoder)
-    finalized = run.model.finalize(validation_dataset(run, 0, 1), run.cfg.train.seed, _log)
+    finalized = run.model.finalize(validation_dataset(run, 0, 1), ServedRanking(_catalog(run), run.model),
+                                   run.cfg.train.seed, _log)
     if finalized is not None:
         with epoch_commit(run):  # a SIGTERM waits; the previous best weights stay whole until replaced
             best = run.model_dir / WEIGHTS
@@ -765,6 +804,14 @@ def finish(run: Run, progress) -> dict | None:
     return info
 
 
+def _catalog(run: Run) -> "ValidationCatalog":
+    """The run's validation catalog, built on first use (rank 0 after training)."""
+    if run.catalog is None:
+        run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed,
+                                        index_cfg=run.cfg.index)
+    return run.catalog
+
+
 def tune_popularity(run: Run) -> None:
     """Rank 0, best weights loaded: set ``model.retrieval_popularity`` to the value of
     ``model.retrieval_popularity_grid`` with the highest validation NDCG@10 (the first on ties),
@@ -772,9 +819,7 @@ def tune_popularity(run: Run) -> None:
     grid = run.cfg.model.retrieval_popularity_grid
     if not grid:
         return
-    if run.catalog is None:
-        run.catalog = ValidationCatalog(run.prepared, run.cfg.train.validation_users, run.cfg.train.seed,
-                                        index_cfg=run.cfg.index)
+    _catalog(run)
     scores = []
     for g in grid:  # the model reads run.cfg.model itself (build_model keeps that object)
         run.cfg.model.retrieval_popularity = float(g)

@@ -178,6 +178,22 @@ def test_item_autoencoder_settings_are_checked_at_config_time():
         load_config(ROOT / "conf/ml-100k.yaml", ["model.autoencoder.raters=0"])
 
 
+def test_history_autoencoder_settings_are_checked_at_config_time():
+    """A share of 0 or below, an empty grid or a dropout of 1 would serve or train nothing useful,
+    so each stops naming its key; other kinds leave the block aside."""
+    assert load_config(ROOT / "conf/ml-100k.yaml").model.history_autoencoder.units == 200
+    assert load_config(ROOT / "conf/default.yaml").model.history_autoencoder.units == 0
+    for kind in ("bpr", "neumf", "sequential", "lightgcn"):
+        load_config(ROOT / "conf/ml-100k.yaml", [f"model.kind={kind}"])
+    for grid in ("[]", "[0]", "[1,-0.5]"):
+        with pytest.raises(ConfigError, match="key 'model.history_autoencoder.share_grid'.*positive shares"):
+            load_config(ROOT / "conf/ml-100k.yaml", [f"model.history_autoencoder.share_grid={grid}"])
+    with pytest.raises(ConfigError, match="key 'model.history_autoencoder.dropout'.*\\[0, 1\\)"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.history_autoencoder.dropout=1"])
+    with pytest.raises(ConfigError, match="key 'model.history_autoencoder'.*users_per_step"):
+        load_config(ROOT / "conf/ml-100k.yaml", ["model.history_autoencoder.users_per_step=0"])
+
+
 def test_index_that_needs_more_vectors_than_the_catalog_is_one_line():
     import numpy as np
 

@@ -462,6 +462,41 @@ class TestRatingNetworkWithAutoencoderContract(TestRatingNetworkContract):
         return user_rank, movie_rank, np.where(known, network + share * (auto - network), network)
 
 
+class TestRatingNetworkWithHistoryAutoencoderContract(TestRatingNetworkContract):
+    """The rating network with its history autoencoder: served top-k by the network's rank score
+    plus ``s k_u k_m <[h_u, 1], [W_m, d_m]>``, with Mult-DAE's code ``h_u = tanh(x_u / |x_u| W_e + c)``
+    computed from the raw weights and each user's training and validation movies read from the
+    prepared tables (not from the checkpoint's own codes)."""
+
+    extra_sets = ("model.history_autoencoder.units=8", "model.history_autoencoder.epochs=20",
+                  "model.history_autoencoder.validate_every=5", "model.history_autoencoder.users_per_step=16",
+                  "model.history_autoencoder.learning_rate=0.01")
+
+    def numpy_vectors(self, w, users, movies, info):
+        user_rank, movie_rank, scores = super().numpy_vectors(w, users, movies, info)
+        prepared = _prepared(self.overrides)
+        train = pd.read_parquet(f"{prepared}/ratings_train")
+        both = pd.concat([train, pd.read_parquet(f"{prepared}/ratings_valid")])  # the refit's histories
+        n_users, n_movies = w["history_autoencoder/codes"].shape[0], w["history_autoencoder/encoder"].shape[0]
+        x = np.zeros((n_users, n_movies))
+        x[both.user_idx, both.movie_idx] = 1.0
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        h = np.tanh(x / np.where(norm > 0, norm, 1.0) @ w["history_autoencoder/encoder"]
+                    + w["history_autoencoder/encoder_bias"])  # [user vocab, H]
+        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
+        k_u = np.isin(uid, train.user_idx).astype(float)[:, None]
+        k_m = np.isin(mid, train.movie_idx).astype(float)[:, None]
+        decoder, bias = w["history_autoencoder/decoder"], w["history_autoencoder/decoder_bias"]
+        known = np.unique(train.movie_idx)  # the decoder is served centred over the training movies
+        np.testing.assert_allclose(decoder[known].mean(axis=0), 0.0, atol=1e-5)
+        assert abs(bias[known].mean()) < 1e-5
+        share = float(w["history_autoencoder/share"])
+        assert share > 0 and info["history_autoencoder"]["share"] > 0  # the blend is served
+        user_rank = np.hstack([user_rank, share * k_u * np.hstack([h[uid], np.ones((len(uid), 1))])])
+        movie_rank = np.hstack([movie_rank, k_m * np.hstack([decoder[mid], bias[mid][:, None]])])
+        return user_rank, movie_rank, scores
+
+
 class TestBPRContract(ModelContract):
     kind = "bpr"
 

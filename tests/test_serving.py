@@ -31,7 +31,8 @@ def served(tmp_path_factory):
     fetch_dataset("ml-100k", raw)  # reuses verified files when present
     overrides = [f"paths.raw={raw}", f"paths.prepared={base}/prepared", f"paths.model={base}/model",
                  f"paths.vectors={base}/vectors", f"paths.index={base}/index", "train.epochs=2",
-                 "prepare.examples_per_record=32", "model.autoencoder.epochs=20"]  # the blend, fitted briefly
+                 "prepare.examples_per_record=32", "model.autoencoder.epochs=20",  # the blends, fitted briefly
+                 "model.history_autoencoder.epochs=20"]
     cfg = load_config(ROOT / "conf/ml-100k.yaml", overrides)
     spark = get_spark("recsys-serving-tests", "local[2]", "1g", 4)
     try:
@@ -60,7 +61,7 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
 
     Returns (predicted ratings, ranking scores) [users, movies]: the ranking score is the
     retrieval score plus the popularity prior (times the temperature) for a model trained with the
-    retrieval loss."""
+    retrieval loss, plus the history autoencoder's ``s k_u k_m (<h_u, W_m> + d_m)`` from its tables."""
     import tensorflow as tf
 
     from recsys.features import encoded_columns
@@ -82,6 +83,11 @@ def _model_scores(cfg, user_rows: pd.DataFrame, movies: pd.DataFrame) -> tuple[n
         _, _, m_r = model.movie_tower.heads(x)
         prior = model.movie_prior(x["movie_id"]).numpy()[:, 0] + model.cfg.retrieval_popularity * log_share
         rank[i] = (u * mv).sum(1) + (u_r.numpy() * m_r.numpy()).sum(1) + model.cfg.retrieval_temperature * prior
+        dae = model.history_autoencoder
+        if dae is not None:
+            uid, mid = int(ucols["user_id"][i]), mcols["movie_id"]
+            rank[i] += float(dae.share.numpy()) * dae.user_known.numpy()[uid] * dae.movie_known.numpy()[mid] * (
+                dae.decoder.numpy()[mid] @ dae.codes.numpy()[uid] + dae.decoder_bias.numpy()[mid])
     return out, rank
 
 
@@ -156,11 +162,9 @@ def test_cold_start_profiles_and_new_movies(rec):
 def test_export_foldin_refines_each_users_rank_vector_from_its_movies(served, tmp_path):
     """export.foldin_weight > 0: every user's rank vector becomes u + w (|u| / |x*|) x*, x* the
     implicit-ALS step over the exported movie rank vectors and the user's train + validation movies
-    (found here by a generic optimiser over the dense objective); score vectors, movie vectors and
-    the version stay as exported without it."""
+    (found here as the least-squares solution of the dense weighted objective, written as one
+    stacked system); score vectors, movie vectors and the version stay as exported without it."""
     import dataclasses
-
-    from scipy.optimize import minimize
 
     from recsys.export import export_vectors, load_vectors
 
@@ -186,12 +190,10 @@ def test_export_foldin_refines_each_users_rank_vector_from_its_movies(served, tm
         user = plain["users"]["ids"][row]
         rated = np.zeros(len(V), bool)
         rated[mrow.loc[seen.movie_id[seen.user_id == user]].to_numpy()] = True
-        weight = np.where(rated, 1.0, w0)
-
-        def objective(x):
-            return float((weight * (rated - V @ x) ** 2).sum() + lam * (x ** 2).sum())
-
-        step = minimize(objective, np.zeros(V.shape[1]), method="L-BFGS-B", options={"ftol": 1e-14, "gtol": 1e-10}).x
+        root = np.sqrt(np.where(rated, 1.0, w0))
+        # argmin_x sum_m weight_m (rated_m - <V_m, x>)^2 + lam |x|^2
+        system = np.vstack([root[:, None] * V, np.sqrt(lam) * np.eye(V.shape[1])])
+        step = np.linalg.lstsq(system, np.r_[root * rated, np.zeros(V.shape[1])], rcond=None)[0]
         u = plain["users"]["rank"][row].astype(np.float64)
         want = u + 0.5 * np.linalg.norm(u) / np.linalg.norm(step) * step
         np.testing.assert_allclose(folded["users"]["rank"][row], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
@@ -236,7 +238,9 @@ def test_lists_errors_and_index_metadata(served, rec):
     assert k > 0  # conf/ml-100k.yaml: the score vectors carry the item autoencoder's blend
     # [u, b_u, 1] and the blend's [a W_u, a d_u, -a [u, b_u, 1], -a mu]
     assert info["indexes"]["users_ip"]["dimension"] == (d + 2) + k + 1 + (d + 2) + 1
-    assert info["indexes"]["movies_ip"]["dimension"] == served.model.output_dim + served.model.retrieval_dim + 1
+    # [m, m_r, T prior] and the history autoencoder's [W_m, d_m]
+    assert info["indexes"]["movies_ip"]["dimension"] == (served.model.output_dim + served.model.retrieval_dim + 1
+                                                         + served.model.history_autoencoder.units + 1)
     assert (Path(served.paths.index) / info["model"] / "model.json").is_file()  # the artifact travels inside
 
 

@@ -139,11 +139,13 @@ class RecModel(keras.Model):
         (LightGCN's propagated tables); the trainer calls it before every validation and before
         the best weights are written. Most models derive nothing."""
 
-    def finalize(self, valid, seed: int, log) -> dict | None:
+    def finalize(self, valid, ranking, seed: int, log) -> dict | None:
         """After training, on rank 0 with the best weights loaded: fit the parts the model trains
-        apart from its network (the rating network's item autoencoder) and choose their settings
-        on ``valid`` (the whole validation split, batches of (features, ratings)); ``log`` takes
-        progress lines. Returns what was chosen, for model.json, and the trainer writes the
+        apart from its network (the rating network's item and history autoencoders) and choose
+        their settings on ``valid`` (the whole validation split, batches of (features, ratings))
+        or by ``ranking`` (``ranking.ndcg()``: the validation NDCG@10 of the served rank vectors;
+        ``ranking.spread()``: the standard deviation of each user's centred rank scores over the
+        catalog); ``log`` takes progress lines. Returns what was chosen, for model.json, and the trainer writes the
         weights again; None (the default) when the model has no such part."""
         return None
 

@@ -14,6 +14,11 @@ the served rating is that rating N blended with I-AutoRec's A for the users and 
 ``N + a (A - N)``: the score vectors gain the blend's entries (``user_vectors``) and stay an
 exact inner product.
 
+With the history autoencoder (``model.history_autoencoder.units > 0``,
+recsys/models/history_autoencoder.py) top-k lists rank by the rank score below plus
+``s D(u, m)``, Mult-DAE's centred logit for the users and movies it knows: the rank vectors gain
+its entries and stay an exact inner product.
+
 With the joint retrieval objective (``model.retrieval_weight > 0``) top-k lists rank by
 ``<[u, u_r, 1], [m, m_r, T * (c_m + g log q_m)]> = T * ((<u, m> + <u_r, m_r>) / T + c_m + g log q_m)``:
 the retrieval softmax's logit times the temperature ``T`` (``u_r, m_r``: retrieval-only
@@ -34,6 +39,7 @@ import tf_keras as keras  # noqa: E402
 
 from recsys.config import ModelConfig  # noqa: E402
 from recsys.models.contract import RMSE, RecModel, f32  # noqa: E402
+from recsys.models.history_autoencoder import HistoryAutoencoder  # noqa: E402
 from recsys.models.item_autoencoder import ItemAutoencoder  # noqa: E402
 from recsys.precision import float32_sum  # noqa: E402
 
@@ -204,7 +210,7 @@ class MovieTower(_Tower):
 
 class RatingNetwork(RecModel):
     """``mu + b_u + b_m + <u, m>`` over the two towers, blended with the item autoencoder's rating
-    when it is on (see the module docstring).
+    and the history autoencoder's top-k score when they are on (see the module docstring).
 
     Args:
         spec: the manifest's ``features`` block; stats: its ``stats`` block (``train_rating_mean``).
@@ -216,17 +222,19 @@ class RatingNetwork(RecModel):
     default_validation_metric = RMSE
     shape_keys = ("kind", "embedding_dim", "hidden_units", "output_dim", "title_kernel_heights", "title_filters",
                   "id_bias", "user_history_length", "retrieval_dim", "history_retrieval", "history_tied",
-                  "autoencoder.units", "autoencoder.raters")
+                  "autoencoder.units", "autoencoder.raters", "history_autoencoder.units")
 
     @classmethod
     def vector_widths(cls, cfg) -> dict[str, int]:
         """score ``[u, b_u, 1]`` D+2 (plus K+D+4 blend entries with the item autoencoder); rank ``[u, u_r, 1]``
-        D+R+1 with the retrieval loss (plus E with the FISM term), else the score; similarity ``m`` D."""
+        D+R+1 with the retrieval loss (plus E with the FISM term), else the score, plus H+1 with the
+        history autoencoder; similarity ``m`` D."""
         out = cfg.output_dim
         fism = cfg.embedding_dim if cfg.history_retrieval and cfg.user_history_length > 0 else 0
         # the item autoencoder's blend: [a W_u, a d_u, -a s_u, -a mu] . [h_m, 1, s_m, 1] (user_vectors)
         score = out + 2 + (cfg.autoencoder.units + 1 + out + 2 + 1 if cfg.autoencoder.units > 0 else 0)
         rank = out + cfg.retrieval_dim + fism + 1 if cfg.retrieval_weight > 0 else score
+        rank += cfg.history_autoencoder.units + 1 if cfg.history_autoencoder.units > 0 else 0
         return {"score": score, "rank": rank, "similarity": out}
 
     def __init__(self, spec: dict, stats: dict, cfg: ModelConfig):
@@ -257,6 +265,10 @@ class RatingNetwork(RecModel):
         # model.autoencoder: I-AutoRec, fitted after the network (finalize) and blended into the served rating
         self.autoencoder = ItemAutoencoder(self.feature_defs["user_id"]["vocab_size"], movie_id["vocab_size"],
                                            cfg.autoencoder) if cfg.autoencoder.units > 0 else None
+        # model.history_autoencoder: Mult-DAE, fitted after the network (finalize) and blended into top-k
+        self.history_autoencoder = HistoryAutoencoder(
+            self.feature_defs["user_id"]["vocab_size"], movie_id["vocab_size"], cfg.history_autoencoder) \
+            if cfg.history_autoencoder.units > 0 else None
 
     @property
     def _blend_width(self) -> int:
@@ -289,7 +301,8 @@ class RatingNetwork(RecModel):
         return knobs + ([f"model.retrieval_temperature ({self.cfg.retrieval_temperature:g})"] if self.retrieval else [])
 
     def prepare(self, prepared: Path) -> None:
-        from recsys.models.data import movie_log_sampling_probability, training_movie_raters, training_user_history
+        from recsys.models.data import (movie_log_sampling_probability, training_movie_raters, training_ratings,
+                                        training_user_history)
 
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
@@ -298,6 +311,13 @@ class RatingNetwork(RecModel):
         self.log_popularity.assign(log_q)
         if self.autoencoder is not None:
             self.autoencoder.set_tables(*training_movie_raters(prepared, feats, self.cfg.autoencoder.raters))
+        if self.history_autoencoder is not None:
+            from recsys.models.history_autoencoder import history_matrix
+
+            pairs = training_ratings(prepared, ["user_idx", "movie_idx"])
+            self.history_autoencoder.set_history(history_matrix(
+                pairs["user_idx"], pairs["movie_idx"], self.feature_defs["user_id"]["vocab_size"],
+                self.feature_defs["movie_id"]["vocab_size"]))
         if not self.retrieval:
             return
         if self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
@@ -350,6 +370,8 @@ class RatingNetwork(RecModel):
         if self.fism:
             u_r = tf.concat([u_r, f32(self.user_tower.pooled_history(x))], axis=-1)
         rank = tf.concat([u, u_r, one], axis=-1) if self.retrieval else score
+        if self.history_autoencoder is not None and not training:
+            rank = tf.concat([rank, self.history_autoencoder.user_part(x["user_id"])], axis=-1)
         return {"score": score, "rank": rank}
 
     def movie_vectors(self, x, training=False):
@@ -378,6 +400,8 @@ class RatingNetwork(RecModel):
             rank = tf.concat([m, m_r, self.cfg.retrieval_temperature * prior[:, None]], axis=-1)
         else:
             rank = score
+        if self.history_autoencoder is not None and not training:
+            rank = tf.concat([rank, self.history_autoencoder.movie_part(x["movie_id"])], axis=-1)
         return {"score": score, "rank": rank, "similarity": m}
 
     def build_variables(self) -> None:
@@ -388,22 +412,33 @@ class RatingNetwork(RecModel):
         if self.history_target is not None:
             self.history_target(x["movie_id"])
 
-    def finalize(self, valid, seed: int, log) -> dict | None:
+    def finalize(self, valid, ranking, seed: int, log) -> dict | None:
         """With the item autoencoder: fit it on the training tables and choose its epoch and share on
-        the ``valid`` batches (the network's own predictions, share 0, are its reference)."""
-        if self.autoencoder is None:
+        the ``valid`` batches (the network's own predictions, share 0, are its reference). With the
+        history autoencoder: fit it on the training histories and choose its epoch and share by
+        ``ranking`` (the served validation NDCG@10), then refit it with the validation movies."""
+        if self.autoencoder is None and self.history_autoencoder is None:
             return None
         import numpy as np
 
-        self.autoencoder.share.assign(0.0)
+        if self.autoencoder is not None:
+            self.autoencoder.share.assign(0.0)
         users, movies, ratings, network = [], [], [], []
         for x, y in valid:
             users.append(x["user_id"].numpy()); movies.append(x["movie_id"].numpy())
-            ratings.append(y.numpy()); network.append(self.score(x).numpy())
+            ratings.append(y.numpy())
+            if self.autoencoder is not None:
+                network.append(self.score(x).numpy())
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
-        scale = (float(self.stats["rating_min"]), float(self.stats["rating_max"]))
-        return {"autoencoder": self.autoencoder.fit((cat(users), cat(movies), cat(ratings).astype(np.float64),
-                                                     cat(network).astype(np.float64)), scale, seed, log)}
+        chosen = {}
+        if self.autoencoder is not None:
+            scale = (float(self.stats["rating_min"]), float(self.stats["rating_max"]))
+            chosen["autoencoder"] = self.autoencoder.fit((cat(users), cat(movies), cat(ratings).astype(np.float64),
+                                                          cat(network).astype(np.float64)), scale, seed, log)
+        if self.history_autoencoder is not None:
+            chosen["history_autoencoder"] = self.history_autoencoder.fit(
+                (cat(users).astype(np.int64), cat(movies).astype(np.int64)), ranking, seed, log)
+        return chosen
 
     def named_losses(self, x, y):
         """rating: MSE of the predicted rating; retrieval: the weighted softmax over in-batch or
