@@ -3,7 +3,7 @@ history table, its served parts against hand-computed numpy, and the choice of i
 share by validation NDCG@10.
 
 The blend as served (export, index, serving, from raw checkpoint weights) is checked by
-``tests/test_model_contract.py::TestRatingNetworkWithHistoryAutoencoderContract``.
+``tests/test_model_contract.py::TestRatingNetworkWithAutoencodersContract``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 its forward pass against hand-computed numpy, and the choice of its share on validation.
 
 The blend as served (export, index, serving, from raw checkpoint weights) is checked by
-``tests/test_model_contract.py::TestRatingNetworkWithAutoencoderContract``.
+``tests/test_model_contract.py::TestRatingNetworkWithAutoencodersContract``.
 """
 
 from __future__ import annotations

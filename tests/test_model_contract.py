@@ -437,62 +437,55 @@ class TestRatingNetworkContract(ModelContract):
         return user_rank, movie_rank, scores
 
 
-class TestRatingNetworkWithAutoencoderContract(TestRatingNetworkContract):
-    """The rating network with its item autoencoder: served ratings ``N + a k_u k_m (A - N)``, with
-    I-AutoRec's ``A = <W_u, sigmoid(V^T r_m + c)> + d_u`` computed from the raw weights and the
-    training ratings read from the prepared table (not from the checkpoint's own tables)."""
+class TestRatingNetworkWithAutoencodersContract(TestRatingNetworkContract):
+    """The rating network with both autoencoders, each checked from the raw weights and the
+    prepared tables (not from the checkpoint's own tables or codes):
+
+    - the item autoencoder: served ratings ``N + a k_u k_m (A - N)``, with I-AutoRec's
+      ``A = <W_u, sigmoid(V^T r_m + c)> + d_u`` from the training ratings;
+    - the history autoencoder: served top-k by the network's rank score plus
+      ``s k_u k_m <[h_u, 1], [W_m, d_m]>``, with Mult-DAE's code ``h_u = tanh(x_u / |x_u| W_e + c)``
+      from each user's training and validation movies (its refit's histories)."""
 
     extra_sets = ("model.autoencoder.units=16", "model.autoencoder.epochs=40", "model.autoencoder.validate_every=5",
                   "model.autoencoder.l2=10", "model.autoencoder.raters=500", "model.autoencoder.movies_per_step=16",
-                  "model.autoencoder.learning_rate=0.01")
+                  "model.autoencoder.learning_rate=0.01",
+                  "model.history_autoencoder.units=8", "model.history_autoencoder.epochs=20",
+                  "model.history_autoencoder.validate_every=5", "model.history_autoencoder.users_per_step=16",
+                  "model.history_autoencoder.learning_rate=0.01")
 
     def numpy_vectors(self, w, users, movies, info):
         user_rank, movie_rank, network = super().numpy_vectors(w, users, movies, info)
-        train = pd.read_parquet(f"{_prepared(self.overrides)}/ratings_train")
+        prepared = _prepared(self.overrides)
+        train = pd.read_parquet(f"{prepared}/ratings_train")
+        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
+        k_u, k_m = np.isin(uid, train.user_idx)[:, None], np.isin(mid, train.movie_idx)[:, None]
+
+        # the item autoencoder's rating
         n_users, n_movies = w["autoencoder/encoder"].shape[0], w["autoencoder/raters"].shape[0]
         r = np.zeros((n_movies, n_users))
         r[train.movie_idx, train.user_idx] = train.rating
         assert train.groupby("movie_idx").size().max() <= 500  # every rating is in its movie's column
         h = _sigmoid(r @ w["autoencoder/encoder"] + w["autoencoder/encoder_bias"])  # [movie vocab, K]
-        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
         auto = w["autoencoder/decoder"][uid] @ h[mid].T + w["autoencoder/decoder_bias"][uid][:, None]
-        known = np.isin(uid, train.user_idx)[:, None] & np.isin(mid, train.movie_idx)[None, :]
         share = float(w["autoencoder/share"])
         assert share > 0 and info["autoencoder"]["share"] == pytest.approx(share)  # the blend is served
-        return user_rank, movie_rank, np.where(known, network + share * (auto - network), network)
+        scores = np.where(k_u & k_m.T, network + share * (auto - network), network)
 
-
-class TestRatingNetworkWithHistoryAutoencoderContract(TestRatingNetworkContract):
-    """The rating network with its history autoencoder: served top-k by the network's rank score
-    plus ``s k_u k_m <[h_u, 1], [W_m, d_m]>``, with Mult-DAE's code ``h_u = tanh(x_u / |x_u| W_e + c)``
-    computed from the raw weights and each user's training and validation movies read from the
-    prepared tables (not from the checkpoint's own codes)."""
-
-    extra_sets = ("model.history_autoencoder.units=8", "model.history_autoencoder.epochs=20",
-                  "model.history_autoencoder.validate_every=5", "model.history_autoencoder.users_per_step=16",
-                  "model.history_autoencoder.learning_rate=0.01")
-
-    def numpy_vectors(self, w, users, movies, info):
-        user_rank, movie_rank, scores = super().numpy_vectors(w, users, movies, info)
-        prepared = _prepared(self.overrides)
-        train = pd.read_parquet(f"{prepared}/ratings_train")
+        # the history autoencoder's rank entries
         both = pd.concat([train, pd.read_parquet(f"{prepared}/ratings_valid")])  # the refit's histories
-        n_users, n_movies = w["history_autoencoder/codes"].shape[0], w["history_autoencoder/encoder"].shape[0]
-        x = np.zeros((n_users, n_movies))
+        x = np.zeros((w["history_autoencoder/codes"].shape[0], w["history_autoencoder/encoder"].shape[0]))
         x[both.user_idx, both.movie_idx] = 1.0
         norm = np.linalg.norm(x, axis=1, keepdims=True)
-        h = np.tanh(x / np.where(norm > 0, norm, 1.0) @ w["history_autoencoder/encoder"]
-                    + w["history_autoencoder/encoder_bias"])  # [user vocab, H]
-        uid, mid = _enc(users, "user_id"), _enc(movies, "movie_id")
-        k_u = np.isin(uid, train.user_idx).astype(float)[:, None]
-        k_m = np.isin(mid, train.movie_idx).astype(float)[:, None]
+        code = np.tanh(x / np.where(norm > 0, norm, 1.0) @ w["history_autoencoder/encoder"]
+                       + w["history_autoencoder/encoder_bias"])  # [user vocab, H]
         decoder, bias = w["history_autoencoder/decoder"], w["history_autoencoder/decoder_bias"]
         known = np.unique(train.movie_idx)  # the decoder is served centred over the training movies
         np.testing.assert_allclose(decoder[known].mean(axis=0), 0.0, atol=1e-5)
         assert abs(bias[known].mean()) < 1e-5
-        share = float(w["history_autoencoder/share"])
-        assert share > 0 and info["history_autoencoder"]["share"] > 0  # the blend is served
-        user_rank = np.hstack([user_rank, share * k_u * np.hstack([h[uid], np.ones((len(uid), 1))])])
+        s = float(w["history_autoencoder/share"])
+        assert s > 0 and info["history_autoencoder"]["share"] > 0  # the blend is served
+        user_rank = np.hstack([user_rank, s * k_u * np.hstack([code[uid], np.ones((len(uid), 1))])])
         movie_rank = np.hstack([movie_rank, k_m * np.hstack([decoder[mid], bias[mid][:, None]])])
         return user_rank, movie_rank, scores
 
