@@ -191,8 +191,13 @@ class HistoryAutoencoder(keras.layers.Layer):
         for var, value in ((self.encoder, encoder), (self.encoder_bias, bias), (self.decoder, decoder),
                            (self.decoder_bias, decoder_bias), (self.codes, codes)):
             var.assign(value.astype(np.float32))
-        scores = codes[sample] @ decoder[known].T + decoder_bias[known]  # [S, known movies]
-        return float((scores - scores.mean(axis=1, keepdims=True)).std())
+        squares, count = 0.0, 0
+        for s in range(0, len(sample), self.cfg.users_per_step):  # [users_per_step, known movies] at a time
+            scores = codes[sample[s:s + self.cfg.users_per_step]].astype(np.float64) @ decoder[known].T \
+                + decoder_bias[known]
+            squares += float(np.square(scores - scores.mean(axis=1, keepdims=True)).sum())
+            count += scores.size
+        return float(np.sqrt(squares / max(count, 1)))
 
     def fit(self, valid_pairs: tuple[np.ndarray, np.ndarray], ranking, seed: int, log) -> dict:
         """Train on the training histories, keep the epoch and share ``b`` (of ``cfg.share_grid``)
