@@ -268,10 +268,10 @@ class HistoryAutoencoderConfig:
     l2: float = 1e-5  # L2 weight on the encoder and decoder tables, every step
     epochs: int = 150  # most epochs; the validated epoch with the best blend is kept (and refitted)
     validate_every: int = 10  # epochs between validation checks
-    users_per_step: int = 100  # user histories per optimizer step (memory: this many x movie vocab floats)
+    users_per_step: int = 100  # user histories per step (memory: under twice this many x movie vocab floats)
     learning_rate: float = 0.001  # Adam
-    # a training split with more (user, movie) pairs stops before training: the fit holds them (twice
-    # with validation) on rank 0
+    # a training split with more ratings stops before training: the fit holds their (user, movie)
+    # pairs (twice with validation) on rank 0
     max_ratings: int = 30_000_000
     spread_users: int = 1000  # users whose scores measure the autoencoder's spread (share units)
     # the blend's share b of the served rank score, in units of the network's spread, chosen on
@@ -719,13 +719,11 @@ def _validate(cfg: Config, where: str) -> None:
         (bool(cfg.model.autoencoder.share_grid) and all(0 < a <= 1 for a in cfg.model.autoencoder.share_grid),
          "model.autoencoder.share_grid", "must list shares in (0, 1] (the autoencoder's part of the served rating)"),
         (cfg.model.history_autoencoder.units >= 0, "model.history_autoencoder.units", "must be 0 (off) or positive"),
-        (min(cfg.model.history_autoencoder.epochs, cfg.model.history_autoencoder.validate_every,
-             cfg.model.history_autoencoder.users_per_step, cfg.model.history_autoencoder.max_ratings,
-             cfg.model.history_autoencoder.spread_users) >= 1, "model.history_autoencoder",
-         "epochs, validate_every, users_per_step, max_ratings and spread_users must be at least 1"),
+        *[(getattr(cfg.model.history_autoencoder, key) >= 1, f"model.history_autoencoder.{key}", "must be at least 1")
+          for key in ("epochs", "validate_every", "users_per_step", "max_ratings", "spread_users")],
         (0.0 <= cfg.model.history_autoencoder.dropout < 1.0, "model.history_autoencoder.dropout", "must be in [0, 1)"),
-        (cfg.model.history_autoencoder.l2 >= 0 and cfg.model.history_autoencoder.learning_rate > 0,
-         "model.history_autoencoder", "l2 must be 0 or more and learning_rate positive"),
+        (cfg.model.history_autoencoder.l2 >= 0, "model.history_autoencoder.l2", "must be 0 or more"),
+        (cfg.model.history_autoencoder.learning_rate > 0, "model.history_autoencoder.learning_rate", "must be positive"),
         (bool(cfg.model.history_autoencoder.share_grid) and all(b > 0 for b in cfg.model.history_autoencoder.share_grid),
          "model.history_autoencoder.share_grid", "must list positive shares (in units of the network's rank-score spread)"),
         (0.0 <= cfg.train.weight_average_decay < 1.0, "train.weight_average_decay", "must be in [0, 1)"),

@@ -752,19 +752,20 @@ def banner(run: Run, size: int) -> None:
 
 
 class ServedRanking:
-    """The validation ranking of ``model`` as served, for ``RecModel.finalize`` (rank 0): ``ndcg()``
-    is its NDCG@10 over ``catalog``'s sampled users; ``spread()`` the standard deviation of each
-    sampled user's centred rank scores over the catalog."""
+    """The validation ranking of the run's model as served, for ``RecModel.finalize`` (rank 0):
+    ``ndcg()`` is its NDCG@10 over the validation catalog's sampled users; ``spread()`` the
+    standard deviation of each sampled user's centred rank scores over the catalog. The catalog
+    is read on first use, so a model that never asks costs nothing."""
 
-    def __init__(self, catalog: "ValidationCatalog", model):
-        self.catalog, self.model = catalog, model
+    def __init__(self, run: "Run"):
+        self.run = run
 
     def ndcg(self) -> float:
-        total, n = self.catalog.ndcg_sum(self.model, 0, 1)
+        total, n = _catalog(self.run).ndcg_sum(self.run.model, 0, 1)
         return total / max(n, 1)
 
     def spread(self) -> float:
-        return self.catalog.rank_spread(self.model)
+        return _catalog(self.run).rank_spread(self.run.model)
 
 
 def finish(run: Run, progress) -> dict | None:
@@ -778,9 +779,8 @@ def finish(run: Run, progress) -> dict | None:
                             "validation metric")
     read_weights(run.model, run.model_dir / WEIGHTS)
     tune_popularity(run)
-    # parts a model fits apart from its network, after it (the rating network's item autoencoder)
-    finalized = run.model.finalize(validation_dataset(run, 0, 1), ServedRanking(_catalog(run), run.model),
-                                   run.cfg.train.seed, _log)
+    # parts a model fits apart from its network, after it (the rating network's autoencoders)
+    finalized = run.model.finalize(validation_dataset(run, 0, 1), ServedRanking(run), run.cfg.train.seed, _log)
     if finalized is not None:
         with epoch_commit(run):  # a SIGTERM waits; the previous best weights stay whole until replaced
             best = run.model_dir / WEIGHTS

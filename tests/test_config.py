@@ -190,7 +190,7 @@ def test_history_autoencoder_settings_are_checked_at_config_time():
             load_config(ROOT / "conf/ml-100k.yaml", [f"model.history_autoencoder.share_grid={grid}"])
     with pytest.raises(ConfigError, match="key 'model.history_autoencoder.dropout'.*\\[0, 1\\)"):
         load_config(ROOT / "conf/ml-100k.yaml", ["model.history_autoencoder.dropout=1"])
-    with pytest.raises(ConfigError, match="key 'model.history_autoencoder'.*users_per_step"):
+    with pytest.raises(ConfigError, match="key 'model.history_autoencoder.users_per_step' must be at least 1"):
         load_config(ROOT / "conf/ml-100k.yaml", ["model.history_autoencoder.users_per_step=0"])
 
 

@@ -56,10 +56,12 @@ def test_pairs_above_the_limit_stop_naming_the_key():
 
 class _Ranking:
     """The served validation ranking of a hand-made network score table plus the layer's blend:
-    NDCG@10 over the validation users (training movies excluded), and the network's spread."""
+    NDCG@10 over the validation users (training movies excluded), and the network's spread. Every
+    ``ndcg()`` call records the layer's served codes and encoder, to check what they were made from."""
 
     def __init__(self, layer, network, train, valid):
         self.layer, self.network, self.train, self.valid = layer, network, train, valid
+        self.seen = []
 
     def _scores(self):
         import tensorflow as tf
@@ -71,6 +73,8 @@ class _Ranking:
     def ndcg(self):
         from recsys.evaluation import ndcg_at_k
 
+        if float(self.layer.share.numpy()) > 0:
+            self.seen.append([v.numpy().copy() for v in (self.layer.codes, self.layer.encoder, self.layer.encoder_bias)])
         scores = np.where(self.train.toarray() > 0, -np.inf, self._scores())
         users = np.unique(self.valid[0])
         return float(np.mean([ndcg_at_k(np.argsort(-scores[u], kind="stable")[:10],
@@ -82,39 +86,67 @@ class _Ranking:
 
 def _blocks(seed=0):
     """Two groups of 20 users, each liking its own 12 of 24 movies (ids from 2): each user rated 8
-    of its group's movies in training and 2 more in validation."""
+    of its group's movies in training and 2 more in validation. User 42 has validation ratings
+    alone, and movie 26 is in validation alone."""
     rng = np.random.default_rng(seed)
     train_u, train_m, valid_u, valid_m = [], [], [], []
     for u in range(2, 42):
         liked = rng.permutation(np.arange(2, 14) + (12 if u >= 22 else 0))
         train_u += [u] * 8; train_m += liked[:8].tolist()
         valid_u += [u] * 2; valid_m += liked[8:10].tolist()
-    return (history_matrix(train_u, train_m, 42, 26),
+    valid_u += [42, 42, 2]; valid_m += [3, 26, 26]
+    return (history_matrix(train_u, train_m, 43, 27),
             (np.array(valid_u), np.array(valid_m)))
 
 
-@pytest.mark.parametrize("network_knows", [True, False])
-def test_fit_blends_a_share_where_it_helps_and_keeps_the_network_alone_where_it_cannot(network_knows):
+def _fit(network_knows: bool, seed: int = 3):
     train, valid = _blocks()
     cfg = HistoryAutoencoderConfig(units=4, epochs=30, validate_every=10, users_per_step=8, learning_rate=0.02,
                                    share_grid=[0.5, 2.0])
-    layer = HistoryAutoencoder(42, 26, cfg)
+    layer = HistoryAutoencoder(43, 27, cfg)
     layer.set_history(train)
-    network = np.random.default_rng(1).normal(size=(42, 26))  # noise: no signal about the groups
+    network = np.random.default_rng(1).normal(size=(43, 27))  # noise: no signal about the groups
     if network_knows:  # the validation movies on top: NDCG@10 1, nothing can beat it
         network[valid[0], valid[1]] += 100.0
     ranking = _Ranking(layer, network, train, valid)
     lines = []
-    chosen = layer.fit(valid, ranking, seed=3, log=lines.append)
-    if network_knows:
-        assert chosen["network_valid_ndcg@10"] == pytest.approx(1.0)
-        assert chosen["share"] == 0 and float(layer.share.numpy()) == 0 and not layer.user_part(np.array([2])).numpy().any()
-        assert any("no share beat the network alone" in line for line in lines)
-    else:
-        # the autoencoder learns the two groups: the blend ranks them far above the noise
-        assert chosen["share"] in (0.5, 2.0) and chosen["epoch"] in (10, 20, 30)
-        assert chosen["valid_ndcg@10"] > chosen["network_valid_ndcg@10"] + 0.2
-        # served scale s = b * spread(network) / spread(autoencoder), set after the refit
-        assert float(layer.share.numpy()) > 0
-        assert ranking.ndcg() > chosen["network_valid_ndcg@10"] + 0.2
-        assert any("refitted on train + validation" in line for line in lines)
+    chosen = layer.fit(valid, ranking, seed=seed, log=lines.append)
+    return layer, ranking, chosen, lines, train
+
+
+def test_fit_keeps_the_network_alone_where_no_share_beats_it():
+    layer, ranking, chosen, lines, _ = _fit(network_knows=True)
+    assert chosen["network_valid_ndcg@10"] == pytest.approx(1.0)
+    assert chosen["share"] == 0 and chosen["epoch"] == 0 and float(layer.share.numpy()) == 0
+    assert any("no share beat the network alone" in line for line in lines)
+    # no entries served, and no last-epoch tables left behind
+    assert not layer.user_part(np.array([2, 30])).numpy().any()
+    assert not any(v.numpy().any() for v in (layer.codes, layer.decoder, layer.decoder_bias, layer.encoder))
+
+
+def test_fit_blends_the_share_and_epoch_validation_chose_from_training_movies_alone():
+    layer, ranking, chosen, lines, train = _fit(network_knows=False)
+    # the autoencoder learns the two groups: the blend ranks them far above the noise
+    assert chosen["share"] in (0.5, 2.0) and chosen["epoch"] in (10, 20, 30)
+    assert chosen["valid_ndcg@10"] > chosen["network_valid_ndcg@10"] + 0.2
+    assert any("refitted on train + validation" in line for line in lines)
+    # while choosing, every served code was the encoding of the user's training movies alone
+    assert len(ranking.seen) == 3 * 2  # 3 validations x 2 shares
+    x = train.toarray()
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    for codes, encoder, bias in ranking.seen:
+        want = np.tanh(x / np.where(norm > 0, norm, 1.0) @ encoder + bias) * (norm > 0)
+        np.testing.assert_allclose(codes, want, rtol=1e-4, atol=1e-5)
+    # served scale s = b * spread(network) / spread(autoencoder), recorded with the spreads
+    assert float(layer.share.numpy()) == pytest.approx(chosen["scale"]) == pytest.approx(
+        chosen["share"] * chosen["network_spread"] / chosen["autoencoder_spread"])
+    # a user with validation ratings alone (42) and a movie in validation alone (26) are not known:
+    # no entries, so the network alone ranks them
+    assert not layer.user_part(np.array([42])).numpy().any() and layer.user_part(np.array([2])).numpy().any()
+    assert not layer.movie_part(np.array([26])).numpy().any() and layer.movie_part(np.array([3])).numpy().any()
+
+
+def test_fit_is_reproducible_for_a_seed():
+    first, second = _fit(False, seed=5)[0], _fit(False, seed=5)[0]
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

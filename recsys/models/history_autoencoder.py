@@ -98,20 +98,25 @@ class HistoryAutoencoder(keras.layers.Layer):
         cannot be read while tracing)."""
         return not tf.executing_eagerly() or float(self.share.numpy()) != 0.0
 
-    def set_history(self, history) -> None:
-        """Keep the training split's binary [user vocab, movie vocab] CSR (``history_matrix``) for
-        ``fit``, and flag the users and movies it holds as known.
+    def check_size(self, pairs: int) -> None:
+        """Stop before training when the training split's ``pairs`` (user, movie) pairs (or
+        ratings, an upper bound) are above ``max_ratings``.
 
         Raises:
-            ConfigError: above ``max_ratings`` pairs (fit holds them, twice with validation).
+            ConfigError: naming the key (fit holds the pairs, twice with validation, on rank 0).
         """
         from recsys.errors import ConfigError
 
-        if history.nnz > self.cfg.max_ratings:
-            raise ConfigError(f"model.history_autoencoder: the training split holds {history.nnz:,} (user, movie) "
+        if pairs > self.cfg.max_ratings:
+            raise ConfigError(f"model.history_autoencoder: the training split holds {pairs:,} (user, movie) "
                               f"pairs, above model.history_autoencoder.max_ratings ({self.cfg.max_ratings:,}); its fit "
                               f"holds them in memory and runs on rank 0 alone. Raise the limit, or set "
                               f"model.history_autoencoder.units=0")
+
+    def set_history(self, history) -> None:
+        """Keep the training split's binary [user vocab, movie vocab] CSR (``history_matrix``) for
+        ``fit``, and flag the users and movies it holds as known (``check_size`` first)."""
+        self.check_size(history.nnz)
         self.history = history
         self.user_known.assign((np.diff(history.indptr) > 0).astype(np.float32))
         self.movie_known.assign((np.bincount(history.indices, minlength=history.shape[1]) > 0).astype(np.float32))
@@ -184,7 +189,7 @@ class HistoryAutoencoder(keras.layers.Layer):
         known = self.movie_known.numpy() > 0
         decoder = np.where(known[:, None], decoder - decoder[known].mean(axis=0), 0.0)
         decoder_bias = np.where(known, decoder_bias - decoder_bias[known].mean(), 0.0)
-        block = self.cfg.users_per_step * 8
+        block = self.cfg.users_per_step  # [users_per_step, movie vocab] dense rows at a time
         codes = np.concatenate([self._encode(tf.constant(history[s:s + block].toarray()), encoder, bias).numpy()
                                 for s in range(0, history.shape[0], block)])
         codes *= (np.diff(history.indptr) > 0)[:, None]  # a user without movies keeps no code
@@ -209,7 +214,8 @@ class HistoryAutoencoder(keras.layers.Layer):
             ranking: the served model's validation ranking; ``ranking.ndcg()`` is its NDCG@10
                 and ``ranking.spread()`` the spread of the rank scores (the network's while the
                 share is 0).
-        Returns: the choice, for model.json.
+        Returns: the choice, for model.json: ``share`` b, ``epoch``, the validation NDCG@10 of the
+            blend and of the network alone, and (when b > 0) the spreads and the served scale s.
         """
         cfg = self.cfg
         train = self.history
@@ -237,6 +243,8 @@ class HistoryAutoencoder(keras.layers.Layer):
 
         self._train(train, cfg.epochs, seed, on_epoch)
         if best["share"] == 0:
+            for var in (self.encoder, self.encoder_bias, self.decoder, self.decoder_bias, self.codes):
+                var.assign(tf.zeros_like(var))  # no last-epoch entries left behind (a traced pass reads them)
             log(f"history autoencoder: no share beat the network alone (validation ndcg@10 {network:.4f}); off")
             return best
         # the refit: the same seed and epochs, the validation movies added to the histories
@@ -245,6 +253,8 @@ class HistoryAutoencoder(keras.layers.Layer):
         both.data[:] = 1.0
         own = self._serve(both, self._train(both, best["epoch"], seed), sample)
         self.share.assign(best["share"] * spread / own)
+        # model.json: share is b; the served scale s = b * network_spread / autoencoder_spread
+        best.update(network_spread=spread, autoencoder_spread=own, scale=float(self.share.numpy()))
         log(f"history autoencoder: kept epoch {best['epoch']}, share {best['share']:g} (validation ndcg@10 "
             f"{best['valid_ndcg@10']:.4f}, network alone {network:.4f}); refitted on train + validation")
         return best

@@ -254,6 +254,7 @@ class RatingNetwork(RecModel):
                                                      embeddings_regularizer=_reg(cfg)) \
             if cfg.history_retrieval and cfg.user_history_length > 0 and not cfg.history_tied else None
         self.log_q = None  # log sampling probability per movie, set by prepare() for the retrieval loss
+        self._prepared = None  # the prepared directory (prepare()), where finalize() reads the training pairs
         # log q_m, every movie's share of the training ratings (a non-trainable weight, set by prepare()
         # and kept in the checkpoint): the top-k score's popularity term, model.retrieval_popularity.
         # Built whatever the retrieval weight (resume), as the prior is
@@ -301,8 +302,7 @@ class RatingNetwork(RecModel):
         return knobs + ([f"model.retrieval_temperature ({self.cfg.retrieval_temperature:g})"] if self.retrieval else [])
 
     def prepare(self, prepared: Path) -> None:
-        from recsys.models.data import (movie_log_sampling_probability, training_movie_raters, training_ratings,
-                                        training_user_history)
+        from recsys.models.data import movie_log_sampling_probability, training_movie_raters, training_user_history
 
         feats = self.spec["features"]
         if self.cfg.user_history_length > 0:
@@ -312,12 +312,11 @@ class RatingNetwork(RecModel):
         if self.autoencoder is not None:
             self.autoencoder.set_tables(*training_movie_raters(prepared, feats, self.cfg.autoencoder.raters))
         if self.history_autoencoder is not None:
-            from recsys.models.history_autoencoder import history_matrix
+            import pyarrow.dataset as ds
 
-            pairs = training_ratings(prepared, ["user_idx", "movie_idx"])
-            self.history_autoencoder.set_history(history_matrix(
-                pairs["user_idx"], pairs["movie_idx"], self.feature_defs["user_id"]["vocab_size"],
-                self.feature_defs["movie_id"]["vocab_size"]))
+            # the limit is checked before training on every rank; rank 0 reads the pairs in finalize
+            self.history_autoencoder.check_size(ds.dataset(Path(prepared) / "ratings_train").count_rows())
+            self._prepared = Path(prepared)
         if not self.retrieval:
             return
         if self.cfg.retrieval_negatives == "catalog":  # exact softmax: no logQ to correct
@@ -436,6 +435,14 @@ class RatingNetwork(RecModel):
             chosen["autoencoder"] = self.autoencoder.fit((cat(users), cat(movies), cat(ratings).astype(np.float64),
                                                           cat(network).astype(np.float64)), scale, seed, log)
         if self.history_autoencoder is not None:
+            from recsys.models.data import training_ratings
+            from recsys.models.history_autoencoder import history_matrix
+
+            pairs = training_ratings(self._prepared, ["user_idx", "movie_idx"])
+            self.history_autoencoder.set_history(history_matrix(
+                pairs["user_idx"], pairs["movie_idx"], self.feature_defs["user_id"]["vocab_size"],
+                self.feature_defs["movie_id"]["vocab_size"]))
+            del pairs
             chosen["history_autoencoder"] = self.history_autoencoder.fit(
                 (cat(users).astype(np.int64), cat(movies).astype(np.int64)), ranking, seed, log)
         return chosen
