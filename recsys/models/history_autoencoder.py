@@ -42,25 +42,25 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from recsys.models.blend import FittedBlend  # noqa: E402
+
 
 def history_matrix(user_idx, movie_idx, user_vocab: int, movie_vocab: int):
     """Binary scipy CSR [user vocab, movie vocab] float32 of (encoded user, encoded movie) pairs,
     one entry per pair. Pairs with the unknown (OOV) user or movie id are left out: that id stands
     for many, and is served as cold."""
-    import scipy.sparse as sp
+    import pandas as pd
 
+    from recsys.evaluation import pair_matrix
     from recsys.features import FIRST_ID
 
     user_idx, movie_idx = np.asarray(user_idx, np.int64), np.asarray(movie_idx, np.int64)
     named = (user_idx >= FIRST_ID) & (movie_idx >= FIRST_ID)
-    x = sp.csr_matrix((np.ones(int(named.sum()), np.float32), (user_idx[named], movie_idx[named])),
-                      shape=(user_vocab, movie_vocab))
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    return x
+    pairs = pd.DataFrame({"u": user_idx[named], "m": movie_idx[named]})
+    return pair_matrix(pairs, user_vocab, movie_vocab).astype(np.float32)
 
 
-class HistoryAutoencoder(keras.layers.Layer):
+class HistoryAutoencoder(FittedBlend):
     """Mult-DAE over the users' training histories (module docstring).
 
     Args:
@@ -69,34 +69,21 @@ class HistoryAutoencoder(keras.layers.Layer):
     """
 
     def __init__(self, user_vocab: int, movie_vocab: int, cfg, name: str = "history_autoencoder"):
-        super().__init__(name=name)
+        super().__init__(name=name)  # self.share: s, the served part's scale (0: off)
         self.cfg, h = cfg, cfg.units
-
-        def weight(name, shape):
-            # trainable=False: the network's optimizer never steps them; fit() trains them apart
-            return self.add_weight(name=name, shape=shape, dtype=tf.float32, initializer="zeros", trainable=False)
-
-        self.encoder = weight("encoder", (movie_vocab, h))  # W_e
-        self.encoder_bias = weight("encoder_bias", (h,))  # c
-        self.decoder = weight("decoder", (movie_vocab, h))  # W (served centred: W_m - W_bar)
-        self.decoder_bias = weight("decoder_bias", (movie_vocab,))  # d (served centred)
-        self.codes = weight("codes", (user_vocab, h))  # h_u of each known user
-        self.user_known = weight("user_known", (user_vocab,))
-        self.movie_known = weight("movie_known", (movie_vocab,))
-        self.share = weight("share", ())  # s: the served part's scale, set by fit() (0: off)
+        self.encoder = self.table("encoder", (movie_vocab, h))  # W_e
+        self.encoder_bias = self.table("encoder_bias", (h,))  # c
+        self.decoder = self.table("decoder", (movie_vocab, h))  # W (served centred: W_m - W_bar)
+        self.decoder_bias = self.table("decoder_bias", (movie_vocab,))  # d (served centred)
+        self.codes = self.table("codes", (user_vocab, h))  # h_u of each known user
+        self.user_known = self.table("user_known", (user_vocab,))
+        self.movie_known = self.table("movie_known", (movie_vocab,))
         self.history = None  # the training split's [user vocab, movie vocab] CSR (set_history), for fit()
 
     @property
     def width(self) -> int:
         """Entries the blend adds to each rank vector: H + 1."""
         return self.cfg.units + 1
-
-    @property
-    def blends(self) -> bool:
-        """False while the share is 0 (before ``fit``, or when no share helped): the blend's
-        entries of the rank vectors are then zeros. True when not running eagerly (the value
-        cannot be read while tracing)."""
-        return not tf.executing_eagerly() or float(self.share.numpy()) != 0.0
 
     def check_size(self, pairs: int) -> None:
         """Stop before training when the training split's ``pairs`` (user, movie) pairs (or

@@ -30,6 +30,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from recsys.models.blend import FittedBlend  # noqa: E402
+
 RATER_PAD = 0  # padding in the raters table: the user vocabulary's padding id, never a rater
 
 
@@ -55,7 +57,7 @@ def movie_raters_table(user_idx, movie_idx, rating, timestamp, movie_vocab: int,
     return raters, ratings
 
 
-class ItemAutoencoder(keras.layers.Layer):
+class ItemAutoencoder(FittedBlend):
     """I-AutoRec over the movie columns of the training ratings (module docstring).
 
     Args:
@@ -64,34 +66,21 @@ class ItemAutoencoder(keras.layers.Layer):
     """
 
     def __init__(self, user_vocab: int, movie_vocab: int, cfg, name: str = "item_autoencoder"):
-        super().__init__(name=name)
+        super().__init__(name=name)  # self.share: a, the autoencoder's share of the served rating
         self.cfg, k, length = cfg, cfg.units, cfg.raters
-
-        def weight(name, shape, init="zeros", dtype=tf.float32):
-            # trainable=False: the network's optimizer never steps them; fit() trains them apart
-            return self.add_weight(name=name, shape=shape, dtype=dtype, initializer=init, trainable=False)
-
-        self.raters = weight("raters", (movie_vocab, length), dtype=tf.int32)
-        self.ratings = weight("ratings", (movie_vocab, length))
-        self.user_known = weight("user_known", (user_vocab,))
+        self.raters = self.table("raters", (movie_vocab, length), dtype=tf.int32)
+        self.ratings = self.table("ratings", (movie_vocab, length))
+        self.user_known = self.table("user_known", (user_vocab,))
         # zeros until fit() draws them from its seed: no draw here, so the network's own initial
         # weights are those it gets without the autoencoder
-        self.encoder = weight("encoder", (user_vocab, k))  # V
-        self.encoder_bias = weight("encoder_bias", (k,))  # c
-        self.decoder = weight("decoder", (user_vocab, k))  # W
-        self.decoder_bias = weight("decoder_bias", (user_vocab,))  # d
-        self.share = weight("share", ())  # a: the autoencoder's share of the served rating, set by fit()
+        self.encoder = self.table("encoder", (user_vocab, k))  # V
+        self.encoder_bias = self.table("encoder_bias", (k,))  # c
+        self.decoder = self.table("decoder", (user_vocab, k))  # W
+        self.decoder_bias = self.table("decoder_bias", (user_vocab,))  # d
 
     @property
     def fitted_variables(self) -> list[tf.Variable]:
         return [self.encoder, self.encoder_bias, self.decoder, self.decoder_bias]
-
-    @property
-    def blends(self) -> bool:
-        """False while the share is 0 (before ``fit``, or when no share helped): the blend's
-        entries of the score vectors are then zeros, appended without encoding any column.
-        True when not running eagerly (the value cannot be read while tracing)."""
-        return not tf.executing_eagerly() or float(self.share.numpy()) != 0.0
 
     def set_tables(self, raters: np.ndarray, ratings: np.ndarray) -> None:
         """Load the [movie vocab, raters] tables (``movie_raters_table``); a user is known when
